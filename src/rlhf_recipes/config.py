@@ -1,0 +1,118 @@
+"""Script arguments shared by every stage, and the YAML/flag parser that feeds the recipes.
+
+Each recipe parses `(ScriptArguments, <Stage>Config, ModelConfig)` with TRL's `TrlParser`: a YAML file given with
+`--config` sets the defaults and any flag overrides them. We add one thing on top: a YAML key that no dataclass knows
+is an error that names the key and the file (TRL's message names neither the file nor a likely fix).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+from trl import ModelConfig, TrlParser
+from trl import ScriptArguments as TrlScriptArguments
+
+
+class ConfigError(ValueError):
+    """A recipe's configuration is wrong; the message says which key, where, and how to fix it."""
+
+
+@dataclass
+class ScriptArguments(TrlScriptArguments):
+    """Dataset arguments shared by every stage (TRL's `ScriptArguments` plus the options of our dataset loader).
+
+    `dataset_name` is a Hub dataset id, a local `.jsonl/.json/.csv/.parquet` file, or a local folder holding
+    `train.*` and `test.*` files.
+    """
+
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Row format: auto, prompt_completion, text, messages, hh (Anthropic HH chosen/rejected "
+            "conversations), preference (prompt/chosen/rejected) or ranking (prompt + responses best to worst).",
+            "choices": ["auto", "prompt_completion", "text", "messages", "hh", "preference", "ranking"],
+        },
+    )
+    eval_split_size: float = field(
+        default=0.0,
+        metadata={"help": "Hold out this fraction of train (seeded) when the dataset has no test split."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation rows."})
+    invalid_rows: str = field(
+        default="drop",
+        metadata={
+            "help": "What to do with rows the stage cannot use (empty prompt, chosen == rejected, ...): 'drop' "
+            "them and report their row numbers, or 'error' on the first.",
+            "choices": ["drop", "error"],
+        },
+    )
+    prompt_overflow: str = field(
+        default="truncate_left",
+        metadata={
+            "help": "A prompt longer than the context window: 'truncate_left' (keep its end), 'drop' the row, "
+            "or 'error'.",
+            "choices": ["truncate_left", "drop", "error"],
+        },
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "With LoRA, also save the adapter merged into the base as a full model (`merged/`)."},
+    )
+
+
+def _known_keys(dataclass_types: tuple[type, ...]) -> dict[str, str]:
+    known = {"env": "TrlParser"}
+    for dataclass_type in dataclass_types:
+        for f in fields(dataclass_type):
+            known.setdefault(f.name, dataclass_type.__name__)
+    return known
+
+
+def check_config_keys(config_path: str | os.PathLike, dataclass_types: tuple[type, ...]) -> dict[str, Any]:
+    """Load a recipe YAML and refuse keys that none of `dataclass_types` defines."""
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except FileNotFoundError as err:
+        raise ConfigError(f"Config file {config_path} does not exist.") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file {config_path} is not valid YAML: {err}") from err
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"Config file {config_path} must be a YAML mapping of `key: value` lines.")
+    known = _known_keys(dataclass_types)
+    for key in config:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), list(known), n=1)
+            suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+            raise ConfigError(
+                f"Unknown key '{key}' in config file {config_path}.{suggestion} Remove it or fix its spelling; "
+                f"valid keys are the fields of {', '.join(t.__name__ for t in dataclass_types)}."
+            )
+    return config
+
+
+def parse_recipe_args(dataclass_types: tuple[type, ...], args: list[str] | None = None) -> tuple[Any, ...]:
+    """Parse `--config file.yaml` plus flags into one instance of each dataclass; unknown keys are errors."""
+    import sys
+
+    argv = list(sys.argv[1:] if args is None else args)
+    if "--config" in argv:
+        config_path = argv[argv.index("--config") + 1]
+        check_config_keys(config_path, dataclass_types)
+    parser = TrlParser(dataclass_types)
+    try:
+        return parser.parse_args_and_config(args=argv, fail_with_unknown_args=True)
+    except ValueError as err:
+        if "Some specified arguments are not used" in str(err):
+            raise ConfigError(f"{err}. Check the flag's spelling; `--help` lists every flag.") from err
+        raise
+
+
+__all__ = ["ConfigError", "ModelConfig", "ScriptArguments", "check_config_keys", "parse_recipe_args"]

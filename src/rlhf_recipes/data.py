@@ -1,0 +1,459 @@
+"""One dataset loader for every stage: a Hub id or a local file in, validated and formatted splits out.
+
+Input formats (`--dataset_format`, detected from the columns when `auto`):
+    prompt_completion  `prompt`, `completion`
+    text               `text` (plain language modelling, SFT only)
+    messages           `messages`: a list of `{"role", "content"}` turns
+    hh                 Anthropic HH: `chosen` and `rejected` full conversations
+    preference         `prompt`, `chosen`, `rejected`
+    ranking            `prompt`, `responses` (a list ordered best to worst, K from 2 to 9)
+
+Output per stage:
+    sft     `prompt`, `completion` (or `text`)
+    reward  `prompt`, `chosen`, `rejected`, or `prompt`, `responses` for rankings
+    prompts `prompt` (PPO and evaluation)
+
+Conversations are rendered in one plain-text template, the HH style, because GPT-2 has no chat template:
+
+    "\\n\\nHuman: {user turn}\\n\\nAssistant: {assistant turn}\\n\\nHuman: ...\\n\\nAssistant:"
+
+The prompt is everything up to and including the last "\\n\\nAssistant:", the response is what follows. SFT, the
+reward model and PPO all see this format, so a policy is scored in the format its reward model was trained on.
+
+Row numbers in messages are 1-based positions in the source split (for a JSONL file, its line numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from datasets import Dataset, DatasetDict, load_dataset
+
+logger = logging.getLogger(__name__)
+
+HUMAN = "\n\nHuman:"
+ASSISTANT = "\n\nAssistant:"
+MAX_RANKING_SIZE = 9
+LOCAL_EXTENSIONS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+Stage = Literal["sft", "reward", "prompts"]
+
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+    "messages": ("messages",),
+    "hh": ("chosen", "rejected"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "ranking": ("prompt", "responses"),
+}
+STAGE_FORMATS: dict[str, tuple[str, ...]] = {
+    "sft": ("prompt_completion", "text", "messages", "hh", "preference", "ranking"),
+    "reward": ("hh", "preference", "ranking"),
+    "prompts": ("prompt_completion", "messages", "hh", "preference", "ranking"),
+}
+
+
+class DataError(ValueError):
+    """A dataset problem; the message names the file, the row or column, and how to fix it."""
+
+
+@dataclass
+class DataReport:
+    """What the loader kept, dropped and noticed in one split; printed before training and saved with the run."""
+
+    source: str
+    split: str
+    stage: str
+    rows_read: int = 0
+    kept: int = 0
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+    noted: dict[str, list[int]] = field(default_factory=dict)
+    truncated_prompts: int = 0
+
+    def drop(self, reason: str, row: int) -> None:
+        self.dropped.setdefault(reason, []).append(row)
+
+    def note(self, reason: str, row: int) -> None:
+        self.noted.setdefault(reason, []).append(row)
+
+    @property
+    def num_dropped(self) -> int:
+        return sum(len(rows) for rows in self.dropped.values())
+
+    def summary(self) -> str:
+        lines = [f"{self.source} [{self.split}] for {self.stage}: read {self.rows_read}, kept {self.kept}, "
+                 f"dropped {self.num_dropped}, prompts truncated {self.truncated_prompts}"]
+        for title, table in (("dropped", self.dropped), ("kept, noted", self.noted)):
+            for reason, rows in table.items():
+                shown = ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
+                lines.append(f"  {title}: {len(rows)} x {reason} (rows {shown})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "split": self.split, "stage": self.stage, "rows_read": self.rows_read,
+            "kept": self.kept, "dropped": self.dropped, "noted": self.noted,
+            "truncated_prompts": self.truncated_prompts,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------------------
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSONL file line by line so that a bad line is reported by its number, not by a parser stack trace."""
+    rows = []
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}, line {line_number}: invalid UTF-8 at byte {err.start}. Re-encode the file as UTF-8 "
+                    "(for example `iconv -f latin1 -t utf-8`)."
+                ) from err
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(
+                    f"{path}, line {line_number}: malformed JSON ({err.msg} at column {err.colno}). Each line must "
+                    "be one complete JSON object."
+                ) from err
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {line_number}: expected a JSON object, got {type(row).__name__}.")
+            rows.append(row)
+    return rows
+
+
+def _read_local_file(path: Path) -> Dataset:
+    if path.suffix == ".jsonl":
+        rows = read_jsonl(path)
+        if not rows:
+            raise DataError(f"{path} has no rows.")
+        return Dataset.from_list(rows)
+    if path.suffix == ".json":
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            if isinstance(err, json.JSONDecodeError) and "Extra data" in err.msg:
+                return Dataset.from_list(read_jsonl(path))  # JSON lines saved as .json
+            raise DataError(f"{path}: not valid UTF-8 JSON ({err}). Fix the file or save it as JSONL.") from err
+        if isinstance(content, dict) and "data" in content:
+            content = content["data"]
+        if not isinstance(content, list):
+            raise DataError(f"{path}: expected a JSON list of objects (or JSON lines).")
+        return Dataset.from_list(content)
+    return load_dataset(LOCAL_EXTENSIONS[path.suffix], data_files=str(path), split="train")
+
+
+def load_raw_dataset(name_or_path: str, config: str | None = None) -> DatasetDict:
+    """Load a Hub dataset id, a local file (`.jsonl/.json/.csv/.parquet`) or a folder of `train.*`/`test.*` files."""
+    path = Path(name_or_path)
+    if path.is_file():
+        if path.suffix not in LOCAL_EXTENSIONS:
+            raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(LOCAL_EXTENSIONS)}.")
+        return DatasetDict({"train": _read_local_file(path)})
+    if path.is_dir():
+        splits = {}
+        for file in sorted(path.iterdir()):
+            if file.suffix in LOCAL_EXTENSIONS and file.stem in ("train", "test", "validation", "eval"):
+                splits["test" if file.stem in ("validation", "eval") else file.stem] = _read_local_file(file)
+        if "train" not in splits:
+            raise DataError(f"{path} is a folder but holds no train.jsonl/.json/.csv/.parquet file.")
+        return DatasetDict(splits)
+    if path.suffix in LOCAL_EXTENSIONS or name_or_path.startswith((".", "/")):
+        raise DataError(f"Dataset file {name_or_path} does not exist. Check `dataset_name` in your recipe.")
+    loaded = load_dataset(name_or_path, name=config)
+    return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Conversation template
+# ----------------------------------------------------------------------------------------------------------------
+def split_hh(conversation: str) -> tuple[str, str]:
+    """Split an HH conversation into (prompt up to and including the last "\\n\\nAssistant:", final response)."""
+    cut = conversation.rfind(ASSISTANT)
+    if cut < 0:
+        raise ValueError('no "\\n\\nAssistant:" turn')
+    cut += len(ASSISTANT)
+    return conversation[:cut], conversation[cut:]
+
+
+def render_messages(messages: list[dict[str, str]]) -> tuple[str, str]:
+    """Render chat messages in the HH template: (prompt ending in "\\n\\nAssistant:", " " + final assistant turn)."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("the last message must be the assistant's")
+    prompt = render_prompt(messages[:-1])
+    return prompt, " " + messages[-1]["content"].strip()
+
+
+def render_prompt(messages: list[dict[str, str]]) -> str:
+    """Render the turns before an assistant reply, ending with the "\\n\\nAssistant:" cue."""
+    parts = []
+    for message in messages:
+        role, content = message.get("role"), str(message.get("content", "")).strip()
+        if role == "system":
+            parts.append(content)
+        elif role == "user":
+            parts.append(f"{HUMAN} {content}")
+        elif role == "assistant":
+            parts.append(f"{ASSISTANT} {content}")
+        else:
+            raise ValueError(f"unknown role {role!r} (expected system, user or assistant)")
+    return "".join(parts) + ASSISTANT
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Formatting and validation
+# ----------------------------------------------------------------------------------------------------------------
+def detect_format(columns: Iterable[str], source: str, stage: Stage) -> str:
+    columns = set(columns)
+    for fmt in ("ranking", "preference", "hh", "prompt_completion", "messages", "text"):
+        if fmt in STAGE_FORMATS[stage] and set(FORMAT_COLUMNS[fmt]) <= columns:
+            return fmt
+    expected = " or ".join("/".join(FORMAT_COLUMNS[f]) for f in STAGE_FORMATS[stage])
+    raise DataError(
+        f"{source}: no usable columns for the {stage} stage. Found columns {sorted(columns)}; expected {expected}. "
+        "Rename the columns or set `dataset_format`."
+    )
+
+
+def _check_columns(columns: Iterable[str], fmt: str, source: str, stage: Stage) -> None:
+    if fmt not in STAGE_FORMATS[stage]:
+        raise DataError(
+            f"{source}: dataset_format {fmt!r} cannot feed the {stage} stage; use one of {STAGE_FORMATS[stage]}."
+        )
+    missing = [c for c in FORMAT_COLUMNS[fmt] if c not in set(columns)]
+    if missing:
+        raise DataError(
+            f"{source}: missing column(s) {missing} for dataset_format {fmt!r}; found {sorted(columns)}. Rename the "
+            "columns in the file or choose the matching `dataset_format`."
+        )
+
+
+class _RowProblem(Exception):
+    """A row the stage cannot use: dropped or raised as `DataError`, as the user chose."""
+
+
+def _text(row: dict, column: str) -> str:
+    value = row[column]
+    if not isinstance(value, str):
+        raise _RowProblem(f"column '{column}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _split_conversation(conversation: str, column: str) -> tuple[str, str]:
+    try:
+        return split_hh(conversation)
+    except ValueError as err:
+        raise _RowProblem(f"'{column}' has {err}") from err
+
+
+def _format_sft(row: dict, fmt: str, report: DataReport, row_number: int) -> dict[str, str]:
+    if fmt == "text":
+        text = _text(row, "text")
+        if not text.strip():
+            raise _RowProblem("empty text")
+        return {"text": text}
+    if fmt == "prompt_completion":
+        prompt, completion = _text(row, "prompt"), _text(row, "completion")
+    elif fmt == "messages":
+        try:
+            prompt, completion = render_messages(row["messages"])
+        except (ValueError, TypeError, AttributeError, KeyError) as err:
+            raise _RowProblem(f"'messages' {err}") from err
+    elif fmt == "hh":
+        prompt, completion = _split_conversation(_text(row, "chosen"), "chosen")
+    elif fmt == "preference":
+        prompt, completion = _text(row, "prompt"), _text(row, "chosen")
+    else:  # ranking: learn from the best response
+        responses = row["responses"]
+        if not isinstance(responses, list) or not responses:
+            raise _RowProblem("'responses' must be a non-empty list")
+        prompt, completion = _text(row, "prompt"), str(responses[0])
+    if not prompt.strip():
+        raise _RowProblem("empty prompt")
+    if not completion.strip():
+        raise _RowProblem("empty completion (SFT has nothing to learn from it)")
+    return {"prompt": prompt, "completion": completion}
+
+
+def _format_reward(row: dict, fmt: str, report: DataReport, row_number: int) -> dict[str, Any]:
+    if fmt == "ranking":
+        responses = row["responses"]
+        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+            raise _RowProblem("'responses' must be a list of strings ordered best to worst")
+        if len(responses) < 2:
+            raise _RowProblem("a ranking needs at least two responses")
+        if len(responses) > MAX_RANKING_SIZE:
+            raise _RowProblem(f"a ranking has at most {MAX_RANKING_SIZE} responses (InstructGPT's K)")
+        if len(set(responses)) < len(responses):
+            raise _RowProblem("a ranking repeats a response")
+        prompt = _text(row, "prompt")
+        if not prompt.strip():
+            raise _RowProblem("empty prompt")
+        if not responses[0].strip():
+            report.note("empty preferred response", row_number)
+        return {"prompt": prompt, "responses": responses}
+    if fmt == "hh":
+        chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
+        if chosen == rejected:
+            raise _RowProblem("chosen equals rejected")
+        prompt, chosen_reply = _split_conversation(chosen, "chosen")
+        rejected_prompt, rejected_reply = _split_conversation(rejected, "rejected")
+        if rejected_prompt != prompt:
+            # Real HH has a few pairs that part before the last turn: compare them as whole conversations.
+            report.note("pair differs before the final assistant turn (compared as whole conversations)", row_number)
+            prompt, chosen_reply, rejected_reply = "", chosen, rejected
+    else:  # preference
+        prompt, chosen_reply, rejected_reply = _text(row, "prompt"), _text(row, "chosen"), _text(row, "rejected")
+        if chosen_reply == rejected_reply:
+            raise _RowProblem("chosen equals rejected")
+        if not prompt.strip():
+            raise _RowProblem("empty prompt")
+    if not chosen_reply.strip():
+        report.note("empty preferred response", row_number)
+    return {"prompt": prompt, "chosen": chosen_reply, "rejected": rejected_reply}
+
+
+def _format_prompt(row: dict, fmt: str, report: DataReport, row_number: int) -> dict[str, str]:
+    if fmt == "hh":
+        prompt, _ = _split_conversation(_text(row, "chosen"), "chosen")
+    elif fmt == "messages":
+        messages = row["messages"]
+        try:
+            turns = messages[:-1] if messages and messages[-1].get("role") == "assistant" else messages
+            prompt = render_prompt(turns)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise _RowProblem(f"'messages' {err}") from err
+    else:
+        prompt = _text(row, "prompt")
+    if not prompt.strip():
+        raise _RowProblem("empty prompt")
+    return {"prompt": prompt}
+
+
+FORMATTERS: dict[str, Callable[[dict, str, DataReport, int], dict[str, Any]]] = {
+    "sft": _format_sft,
+    "reward": _format_reward,
+    "prompts": _format_prompt,
+}
+
+
+def format_split(
+    dataset: Dataset,
+    *,
+    stage: Stage,
+    fmt: str,
+    source: str,
+    split: str,
+    invalid_rows: str = "drop",
+    tokenizer=None,
+    max_prompt_tokens: int | None = None,
+    prompt_overflow: str = "truncate_left",
+) -> tuple[Dataset, DataReport]:
+    """Validate and format one split for `stage`; return the clean split and its report."""
+    report = DataReport(source=source, split=split, stage=stage, rows_read=len(dataset))
+    formatter = FORMATTERS[stage]
+    rows = []
+    for index, row in enumerate(dataset):
+        row_number = index + 1
+        try:
+            formatted = formatter(row, fmt, report, row_number)
+            if max_prompt_tokens is not None and tokenizer is not None and "prompt" in formatted:
+                formatted["prompt"] = _fit_prompt(formatted["prompt"], tokenizer, max_prompt_tokens,
+                                                  prompt_overflow, report)
+        except _RowProblem as problem:
+            if invalid_rows == "error":
+                raise DataError(
+                    f"{source} [{split}], row {row_number}: {problem}. Fix the row, or set `invalid_rows: drop` to "
+                    "skip such rows with a report."
+                ) from None
+            report.drop(str(problem), row_number)
+            continue
+        rows.append(formatted)
+    report.kept = len(rows)
+    if not rows:
+        raise DataError(f"{source} [{split}]: no usable rows for the {stage} stage.\n{report.summary()}")
+    return Dataset.from_list(rows), report
+
+
+def _fit_prompt(prompt: str, tokenizer, limit: int, overflow: str, report: DataReport) -> str:
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(ids) <= limit:
+        return prompt
+    if overflow == "error":
+        raise DataError(
+            f"{report.source} [{report.split}]: a prompt has {len(ids)} tokens, more than the {limit} the context "
+            "leaves for it. Set `prompt_overflow: truncate_left` or `drop`, or raise `max_length`."
+        )
+    if overflow == "drop":
+        raise _RowProblem(f"prompt longer than {limit} tokens")
+    report.truncated_prompts += 1
+    return tokenizer.decode(ids[-limit:])  # keep the end: the last turn and the "Assistant:" cue
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The entry point every stage calls
+# ----------------------------------------------------------------------------------------------------------------
+def load_stage_dataset(
+    script_args,
+    stage: Stage,
+    *,
+    tokenizer=None,
+    max_prompt_tokens: int | None = None,
+    seed: int = 42,
+    dataset_name: str | None = None,
+) -> tuple[DatasetDict, list[DataReport]]:
+    """Load `script_args.dataset_name` (or `dataset_name`) and return `{train, test?}` formatted for `stage`.
+
+    Reads `dataset_format`, `dataset_train_split`, `dataset_test_split`, `eval_split_size`, `max_train_samples`,
+    `max_eval_samples`, `invalid_rows` and `prompt_overflow` from `script_args`.
+    """
+    name = dataset_name or script_args.dataset_name
+    if not name:
+        raise DataError("No dataset given: set `dataset_name` (a Hub id or a local file) in the recipe.")
+    raw = load_raw_dataset(name, getattr(script_args, "dataset_config", None))
+    train_split = script_args.dataset_train_split
+    test_split = script_args.dataset_test_split
+    if train_split not in raw:
+        raise DataError(f"{name}: no split {train_split!r} (found {list(raw)}). Set `dataset_train_split`.")
+    fmt = script_args.dataset_format
+    if fmt == "auto":
+        fmt = detect_format(raw[train_split].column_names, name, stage)
+    _check_columns(raw[train_split].column_names, fmt, name, stage)
+
+    selected = {"train": raw[train_split]}
+    if test_split in raw:
+        selected["test"] = raw[test_split]
+    caps = {"train": script_args.max_train_samples, "test": script_args.max_eval_samples}
+    result, reports = {}, []
+    for split, dataset in selected.items():
+        if caps[split] is not None:
+            dataset = dataset.select(range(min(caps[split], len(dataset))))
+        _check_columns(dataset.column_names, fmt, f"{name} [{split}]", stage)
+        result[split], report = format_split(
+            dataset, stage=stage, fmt=fmt, source=name, split=split, invalid_rows=script_args.invalid_rows,
+            tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens, prompt_overflow=script_args.prompt_overflow,
+        )
+        logger.info(report.summary())
+        reports.append(report)
+    if "test" not in result and script_args.eval_split_size > 0:
+        parts = result["train"].train_test_split(test_size=script_args.eval_split_size, seed=seed)
+        result = {"train": parts["train"], "test": parts["test"]}
+    return DatasetDict(result), reports
+
+
+def save_reports(reports: list[DataReport], output_dir: str | os.PathLike) -> Path:
+    """Write the data reports beside the run's checkpoints (`data_report.json`)."""
+    path = Path(output_dir) / "data_report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+    return path

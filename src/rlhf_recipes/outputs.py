@@ -1,0 +1,98 @@
+"""What every stage does around training: pick the checkpoint to resume, save the final folder, publish it.
+
+A finished stage folder holds the weights (safetensors), config, tokenizer, `stage_metrics.json`,
+`data_report.json`, a `README.md` model card, and for LoRA runs the adapter (plus `merged/` on request). The next
+stage reads that folder by path, or by Hub id once pushed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from transformers.trainer_utils import get_last_checkpoint
+
+from .data import DataReport, save_reports
+
+logger = logging.getLogger(__name__)
+STAGE_METRICS_FILE = "stage_metrics.json"
+
+
+def resolve_resume_checkpoint(training_args) -> str | None:
+    """`--resume_from_checkpoint latest` (or `true`) picks the newest complete `checkpoint-*` of `output_dir`."""
+    value = training_args.resume_from_checkpoint
+    if value in (None, "", "false", "False"):
+        return None
+    if str(value).lower() in ("latest", "true"):
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            logger.warning("No checkpoint in %s to resume from: starting fresh.", training_args.output_dir)
+        return last
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"resume_from_checkpoint={value} is not a folder. Use a checkpoint-N path or 'latest'.")
+    return value
+
+
+def check_hub_token(training_args) -> None:
+    """With `push_to_hub`, fail before training rather than after it when no token is available."""
+    if not getattr(training_args, "push_to_hub", False):
+        return
+    from huggingface_hub import get_token
+
+    if training_args.hub_token is None and get_token() is None:
+        raise ValueError(
+            "push_to_hub is set but no Hugging Face token was found. Export HF_TOKEN (a write token) or run "
+            "`hf auth login` before launching; tokens are read from the environment, never from recipes."
+        )
+
+
+def write_stage_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
+    path = Path(output_dir) / STAGE_METRICS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous.update(metrics)
+    path.write_text(json.dumps(previous, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def save_stage(
+    trainer,
+    *,
+    stage: str,
+    script_args,
+    model_args,
+    metrics: dict[str, Any],
+    reports: list[DataReport] | None = None,
+) -> Path:
+    """Save the trained model with its tokenizer, metrics, data report and model card, and push when asked."""
+    output_dir = Path(trainer.args.output_dir)
+    trainer.save_model(str(output_dir))
+    if not trainer.accelerator.is_main_process:
+        return output_dir
+    trainer.processing_class.save_pretrained(output_dir)
+    if reports:
+        save_reports(reports, output_dir)
+    write_stage_metrics(output_dir, {"stage": stage, **metrics})
+    if getattr(model_args, "use_peft", False) and getattr(script_args, "merge_adapter", False):
+        merge_adapter(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, output_dir / "merged")
+    from .model_card import write_model_card
+
+    write_model_card(output_dir, stage=stage, script_args=script_args, model_args=model_args,
+                     training_args=trainer.args, metrics=metrics, command=" ".join(sys.argv))
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(commit_message=f"{stage}: final model")
+    return output_dir
+
+
+def merge_adapter(peft_model, tokenizer, output_dir: Path) -> Path:
+    """Save the LoRA adapter merged into its base as a standalone model (the adapter itself stays as is)."""
+    import copy
+
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    merged.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
