@@ -35,5 +35,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     return metrics
 
 
+DATACLASSES = (ScriptArguments, SFTConfig, ModelConfig)
+
 if __name__ == "__main__":
-    main(*parse_recipe_args((ScriptArguments, SFTConfig, ModelConfig)))
+    main(*parse_recipe_args(DATACLASSES))

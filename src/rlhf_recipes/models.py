@@ -26,7 +26,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from trl import ModelConfig, get_kbit_device_map, get_peft_config, get_quantization_config
+from trl import ModelConfig, get_peft_config, get_quantization_config
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,13 @@ def _adapter_base(name_or_path: str) -> str | None:
     return json.loads(config_file.read_text())["base_model_name_or_path"]
 
 
+def _kbit_device_map() -> dict[str, int | str]:
+    """Quantised weights must sit on this process's device from the start (no later `.to()`)."""
+    from accelerate import PartialState
+
+    return {"": PartialState().process_index if torch.cuda.is_available() else "cpu"}
+
+
 def _auto_class(kind: ModelKind):
     if kind == "causal_lm":
         return AutoModelForCausalLM
@@ -126,7 +133,7 @@ def load_model(
         kwargs["attn_implementation"] = model_args.attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = device_map or get_kbit_device_map()
+        kwargs["device_map"] = device_map or _kbit_device_map()
     elif device_map is not None:
         kwargs["device_map"] = device_map
     if kind != "causal_lm":
