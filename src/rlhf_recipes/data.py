@@ -7,6 +7,7 @@ Input formats (`--dataset_format`, detected from the columns when `auto`):
     hh                 Anthropic HH: `chosen` and `rejected` full conversations
     preference         `prompt`, `chosen`, `rejected`
     ranking            `prompt`, `responses` (a list ordered best to worst, K from 2 to 9)
+    prompt             `prompt` alone (PPO and evaluation prompts)
 
 Output per stage:
     sft     `prompt`, `completion` (or `text`)
@@ -50,11 +51,12 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "hh": ("chosen", "rejected"),
     "preference": ("prompt", "chosen", "rejected"),
     "ranking": ("prompt", "responses"),
+    "prompt": ("prompt",),
 }
 STAGE_FORMATS: dict[str, tuple[str, ...]] = {
     "sft": ("prompt_completion", "text", "messages", "hh", "preference", "ranking"),
     "reward": ("hh", "preference", "ranking"),
-    "prompts": ("prompt_completion", "messages", "hh", "preference", "ranking"),
+    "prompts": ("prompt_completion", "messages", "hh", "preference", "ranking", "prompt"),
 }
 
 
@@ -215,7 +217,7 @@ def render_prompt(messages: list[dict[str, str]]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 def detect_format(columns: Iterable[str], source: str, stage: Stage) -> str:
     columns = set(columns)
-    for fmt in ("ranking", "preference", "hh", "prompt_completion", "messages", "text"):
+    for fmt in ("ranking", "preference", "hh", "prompt_completion", "messages", "text", "prompt"):
         if fmt in STAGE_FORMATS[stage] and set(FORMAT_COLUMNS[fmt]) <= columns:
             return fmt
     expected = " or ".join("/".join(FORMAT_COLUMNS[f]) for f in STAGE_FORMATS[stage])
@@ -457,3 +459,25 @@ def save_reports(reports: list[DataReport], output_dir: str | os.PathLike) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
     return path
+
+
+def tokenize_prompts(dataset: Dataset, tokenizer) -> Dataset:
+    """Add `input_ids` of each prompt (no special tokens: GPT-2 adds none, and the prompt ends the context)."""
+    return dataset.map(lambda row: {"input_ids": tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]},
+                       desc="Tokenizing prompts")
+
+
+def tokenize_texts(name_or_path: str, tokenizer, max_length: int) -> Dataset:
+    """Pretraining-style text for PPO-ptx: a `text` column, or prompt + completion, cut to `max_length` tokens."""
+    raw = load_raw_dataset(name_or_path)["train"]
+    columns = set(raw.column_names)
+    if "text" in columns:
+        texts = [t for t in raw["text"] if isinstance(t, str) and t.strip()]
+    elif {"prompt", "completion"} <= columns:
+        texts = [p + c for p, c in zip(raw["prompt"], raw["completion"])]
+    else:
+        raise DataError(f"{name_or_path}: the ptx dataset needs a `text` column (or `prompt` and `completion`); "
+                        f"found {sorted(columns)}.")
+    eos = tokenizer.eos_token
+    ids = [tokenizer(t + eos, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+    return Dataset.from_dict({"input_ids": ids})

@@ -258,3 +258,16 @@ def reward_scores(
     if bias is None:  # a PeftModel or DeepSpeed engine: look through the wrappers
         bias = getattr(getattr(model, "base_model", None), "reward_bias", 0.0)
     return logits.squeeze(-1).float() + bias
+
+
+def check_same_tokenizer(tokenizer: PreTrainedTokenizerBase, other_name_or_path: str | None,
+                         trust_remote_code: bool = False) -> None:
+    """Refuse a reward/value model whose tokenizer differs from the policy's: its scores would read other tokens."""
+    if not other_name_or_path:
+        return
+    other = load_tokenizer(other_name_or_path, trust_remote_code=trust_remote_code)
+    if other.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"The tokenizer of {other_name_or_path} differs from the policy's ({len(other)} vs {len(tokenizer)} "
+            "tokens, or different ids). Train the reward model from the same SFT checkpoint as the policy."
+        )

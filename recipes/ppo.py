@@ -1,0 +1,61 @@
+"""Stage 3, PPO-ptx: maximise E[r(x,y) - beta*log(pi_RL(y|x)/pi_SFT(y|x))] + gamma*E_pretrain[log pi_RL(x)].
+
+    accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml recipes/ppo.py --config recipes/gpt2/ppo.yaml
+"""
+
+from trl import ModelConfig
+
+from rlhf_recipes.config import ScriptArguments, parse_recipe_args
+from rlhf_recipes.data import load_stage_dataset, tokenize_prompts, tokenize_texts
+from rlhf_recipes.models import check_same_tokenizer, load_model, load_tokenizer
+from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
+from rlhf_recipes.ppo import PPOConfig, PPOTrainer
+
+
+def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
+    check_hub_token(training_args)
+    sft_path = training_args.sft_model_path or model_args.model_name_or_path
+    model_args.model_name_or_path = sft_path
+    remote = training_args.trust_remote_code
+    tokenizer = load_tokenizer(sft_path, revision=model_args.model_revision, trust_remote_code=remote,
+                               padding_side="left")
+    check_same_tokenizer(tokenizer, training_args.reward_model_path, trust_remote_code=remote)
+    context = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 1024
+    if training_args.response_length >= context:
+        raise ValueError(f"response_length {training_args.response_length} leaves no room for a prompt in the "
+                         f"{context}-token context of {sft_path}; lower it.")
+    # Prompts are cut from the left so that prompt + response fits the context window.
+    dataset, reports = load_stage_dataset(script_args, "prompts", tokenizer=tokenizer, seed=training_args.seed,
+                                          max_prompt_tokens=context - training_args.response_length)
+    ptx_dataset = None
+    if training_args.ptx_coef > 0:
+        ptx_dataset = tokenize_texts(training_args.ptx_dataset, tokenizer, training_args.ptx_max_length)
+
+    # With LoRA the reference pi_SFT is the policy with its adapter disabled: no second copy of the weights.
+    policy = load_model(model_args, tokenizer, model_name_or_path=sft_path, trust_remote_code=remote)
+    ref_policy = None if model_args.use_peft else load_model(model_args, tokenizer, model_name_or_path=sft_path,
+                                                             trust_remote_code=remote, apply_lora=False)
+    reward_model = load_model(model_args, tokenizer, kind="reward", model_name_or_path=training_args.reward_model_path,
+                              trust_remote_code=remote, apply_lora=False)
+    # InstructGPT initialises the value function from the reward model.
+    value_model = load_model(model_args, tokenizer, kind="value", trust_remote_code=remote,
+                             model_name_or_path=training_args.value_model_path or training_args.reward_model_path)
+
+    trainer = PPOTrainer(args=training_args, processing_class=tokenizer, model=policy, ref_model=ref_policy,
+                         reward_model=reward_model, value_model=value_model,
+                         train_dataset=tokenize_prompts(dataset["train"], tokenizer),
+                         eval_dataset=tokenize_prompts(dataset["test"], tokenizer) if "test" in dataset else None,
+                         ptx_dataset=ptx_dataset)
+    state = trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
+    last = [log for log in state.log_history if "objective/kl" in log]
+    metrics = {k: last[-1][k] for k in ("objective/scores", "objective/kl", "objective/kl_coef")} if last else {}
+    trainer.accelerator.print(f"PPO metrics: {metrics}")
+    save_stage(trainer, stage="ppo", script_args=script_args, model_args=model_args, metrics=metrics,
+               reports=reports)
+    return metrics
+
+
+DATACLASSES = (ScriptArguments, PPOConfig, ModelConfig)
+
+if __name__ == "__main__":
+    main(*parse_recipe_args(DATACLASSES))

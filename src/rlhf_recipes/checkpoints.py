@@ -1,0 +1,61 @@
+"""Crash-safe checkpoints for every trainer: write to a staging folder, rename when complete.
+
+A kill during a save leaves at most a `tmp-checkpoint-*` folder, which `get_last_checkpoint` ignores (it only
+matches `checkpoint-<step>`), so `--resume_from_checkpoint latest` always finds a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+STAGING_PREFIX = "tmp-"
+
+
+class AtomicCheckpointMixin:
+    """Mix into a `transformers.Trainer` subclass (before it in the bases) to make `_save_checkpoint` atomic."""
+
+    _staging_root: str | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        if self._staging_root is not None:
+            return self._staging_root
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
+        if self.args.should_save and os.path.isdir(staging_root):
+            shutil.rmtree(staging_root)  # left over from a save that was killed
+        self.accelerator.wait_for_everyone()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate after the rename instead
+        self._staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = Path(run_dir) / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging_root, name), final)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            _rotate(run_dir, limit)
+        self.accelerator.wait_for_everyone()
+
+
+def _rotate(run_dir: str, limit: int | None) -> None:
+    if not limit:
+        return
+    checkpoints = sorted(
+        (p for p in Path(run_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    for old in checkpoints[:-limit]:
+        shutil.rmtree(old, ignore_errors=True)

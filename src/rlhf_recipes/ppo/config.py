@@ -1,0 +1,104 @@
+"""`PPOConfig`: TRL's last `PPOConfig` field names (v1.12, `trl.experimental.ppo`), plus PPO-ptx and adaptive KL.
+
+Batch arithmetic, as in TRL: one PPO *update* generates `batch_size` episodes, where
+
+    local_batch_size = per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches
+    batch_size       = local_batch_size * world_size
+    mini_batch_size  = batch_size / num_mini_batches   (one optimizer step each)
+
+and runs `num_ppo_epochs` passes over them. `total_episodes` fixes the number of updates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    # ---- TRL's PPOConfig / OnPolicyConfig fields (same names, same meaning) ----
+    sft_model_path: str = field(default=None, metadata={"help": "The SFT policy pi_SFT: start and KL reference."})
+    reward_model_path: str = field(default=None, metadata={"help": "The reward model r(x, y) (frozen)."})
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each batch of episodes."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Minibatches (optimizer steps) per PPO epoch."})
+    total_episodes: int | None = field(default=None, metadata={"help": "Episodes to train on (default: one epoch)."})
+    local_rollout_forward_batch_size: int = field(
+        default=64, metadata={"help": "Sequences per forward pass while generating and scoring rollouts."}
+    )
+    num_sample_generations: int = field(
+        default=10, metadata={"help": "How many times to print a table of sample responses during training."}
+    )
+    response_length: int = field(default=53, metadata={"help": "Maximum new tokens per response."})
+    stop_token: str | None = field(
+        default="eos", metadata={"help": "'eos' stops responses at the EOS token (then truncates and pads)."}
+    )
+    stop_token_id: int | None = field(default=None, metadata={"help": "Stop token id (overrides stop_token)."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature, applied in every forward."})
+    missing_eos_penalty: float | None = field(
+        default=None, metadata={"help": "Subtracted from the score of a response that never emitted EOS."}
+    )
+    kl_coef: float = field(default=0.05, metadata={"help": "beta, the KL penalty coefficient (initial if adaptive)."})
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "Per-token KL estimator: k1 (log ratio) or k3 (unbiased, non-negative).",
+                                "choices": ["k1", "k3"]}
+    )
+    cliprange: float = field(default=0.2, metadata={"help": "PPO clip range epsilon for the policy ratio."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range for the value function."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Value loss weight."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor (GAE)."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
+    ds3_gather_for_generation: bool = field(
+        default=True, metadata={"help": "Gather ZeRO-3 shards for generation (fast; needs memory for the policy)."}
+    )
+    model_adapter_name: str | None = field(default=None, metadata={"help": "Unused; kept for TRL compatibility."})
+    ref_adapter_name: str | None = field(default=None, metadata={"help": "Unused; kept for TRL compatibility."})
+
+    # ---- Ours ----
+    value_model_path: str | None = field(
+        default=None, metadata={"help": "Value function init (default: the reward model, as in InstructGPT)."}
+    )
+    target_kl: float | None = field(
+        default=None, metadata={"help": "Adaptive KL controller target (Ziegler et al. 2019); off when unset."}
+    )
+    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL controller horizon, in episodes."})
+    ptx_coef: float = field(default=0.0, metadata={"help": "gamma of PPO-ptx: weight of the pretraining loss."})
+    ptx_dataset: str | None = field(
+        default=None, metadata={"help": "Pretraining or SFT text for PPO-ptx (Hub id or local file)."}
+    )
+    ptx_batch_size: int = field(
+        default=4, metadata={"help": "ptx sequences per micro-batch, added to the same optimizer step."}
+    )
+    ptx_max_length: int = field(default=128, metadata={"help": "Token length of ptx sequences."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    non_finite: str = field(
+        default="stop", metadata={"help": "A NaN/inf loss, score or KL: 'stop' the run, or 'skip' the batch.",
+                                  "choices": ["stop", "skip"]}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
+        if self.ptx_coef > 0 and not self.ptx_dataset:
+            raise ValueError("ptx_coef > 0 needs a ptx_dataset (pretraining or SFT text); set one or ptx_coef: 0.")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"target_kl must be positive, got {self.target_kl}.")
+
+    # TRL's derived batch sizes, computed from the world size at run time.
+    def batch_sizes(self, world_size: int) -> dict[str, int]:
+        local_batch_size = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+        batch_size = local_batch_size * world_size
+        return {
+            "local_batch_size": local_batch_size,
+            "batch_size": batch_size,
+            "mini_batch_size": batch_size // self.num_mini_batches,
+            "local_mini_batch_size": local_batch_size // self.num_mini_batches,
+        }
+
+    def num_total_batches(self, world_size: int, num_prompts: int) -> int:
+        total = self.total_episodes if self.total_episodes is not None else int(num_prompts * self.num_train_epochs)
+        return math.ceil(total / self.batch_sizes(world_size)["batch_size"])
