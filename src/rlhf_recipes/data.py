@@ -475,8 +475,11 @@ def tokenize_texts(name_or_path: str, tokenizer, max_length: int) -> Dataset:
         texts = [t for t in raw["text"] if isinstance(t, str) and t.strip()]
     elif {"prompt", "completion"} <= columns:
         texts = [p + c for p, c in zip(raw["prompt"], raw["completion"])]
+    elif "chosen" in columns:  # HH-style preference data: the preferred conversations are demonstrations
+        texts = [c for c in raw["chosen"] if isinstance(c, str) and c.strip()]
     else:
-        raise DataError(f"{name_or_path}: the ptx dataset needs a `text` column (or `prompt` and `completion`); "
+        raise DataError(f"{name_or_path}: the ptx dataset needs a `text` column (or `prompt` and `completion`, or "
+                        "HH `chosen`); "
                         f"found {sorted(columns)}.")
     eos = tokenizer.eos_token
     ids = [tokenizer(t + eos, add_special_tokens=False)["input_ids"][:max_length] for t in texts]

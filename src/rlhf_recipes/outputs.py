@@ -39,15 +39,14 @@ def resolve_resume_checkpoint(training_args) -> str | None:
 
 def check_hub_token(training_args) -> None:
     """With `push_to_hub`, fail before training rather than after it when no token is available."""
-    if not getattr(training_args, "push_to_hub", False):
+    if not getattr(training_args, "push_to_hub", False) or training_args.hub_token is not None:
         return
-    from huggingface_hub import get_token
+    from .hub import require_token
 
-    if training_args.hub_token is None and get_token() is None:
-        raise ValueError(
-            "push_to_hub is set but no Hugging Face token was found. Export HF_TOKEN (a write token) or run "
-            "`hf auth login` before launching; tokens are read from the environment, never from recipes."
-        )
+    try:
+        require_token()
+    except ValueError as err:
+        raise ValueError(f"push_to_hub is set, but: {err} Do it before launching, so the run can publish.") from err
 
 
 def write_stage_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:

@@ -123,6 +123,8 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
             if module is not None:
                 disable_dropout(module)
         wrapper = PolicyAndValue(model, value_model)
+        if args.gradient_checkpointing:
+            wrapper.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs)
         super().__init__(model=wrapper, args=args, processing_class=processing_class, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, callbacks=callbacks)
         self.ref_model, self.reward_model = ref_model, reward_model
