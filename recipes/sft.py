@@ -3,12 +3,25 @@
     accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml recipes/sft.py --config recipes/gpt2/sft.yaml
 """
 
-from trl import ModelConfig, SFTConfig, SFTTrainer
+from transformers import TrainerCallback
+from trl import ModelConfig, SFTConfig
 
 from rlhf_recipes.config import ScriptArguments, parse_recipe_args
 from rlhf_recipes.data import load_stage_dataset
 from rlhf_recipes.models import load_model, load_tokenizer
 from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
+from rlhf_recipes.sft import SFTTrainer
+
+
+class FirstEvaluation(TrainerCallback):
+    """Keeps the metrics of the first evaluation during `train()` (the one `eval_on_start` runs)."""
+
+    def __init__(self) -> None:
+        self.metrics: dict | None = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.metrics is None:
+            self.metrics = metrics
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
@@ -23,9 +36,15 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
                          eval_dataset=dataset.get("test"), processing_class=tokenizer)
 
     metrics = {}
+    first_eval = FirstEvaluation()
     if trainer.eval_dataset is not None:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+        # Evaluate inside train(), once the model is prepared: under DeepSpeed ZeRO-1/2 `evaluate()` before
+        # `train()` fails ("ZeRO inference only makes sense with ZeRO Stage 3").
+        trainer.args.eval_on_start = True
+        trainer.add_callback(first_eval)
     train_result = trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
+    if first_eval.metrics is not None:
+        metrics["eval_loss_before"] = first_eval.metrics["eval_loss"]
     metrics["train_loss"] = train_result.training_loss
     if trainer.eval_dataset is not None:
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]

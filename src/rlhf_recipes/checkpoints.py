@@ -1,7 +1,8 @@
-"""Crash-safe checkpoints for every trainer: write to a staging folder, rename when complete.
+"""Crash safety shared by every trainer: atomic checkpoints and a stop on non-finite losses.
 
-A kill during a save leaves at most a `tmp-checkpoint-*` folder, which `get_last_checkpoint` ignores (it only
-matches `checkpoint-<step>`), so `--resume_from_checkpoint latest` always finds a complete checkpoint.
+Checkpoints are written to a staging folder and renamed when complete. A kill during a save leaves at most a
+`tmp-checkpoint-*` folder, which `get_last_checkpoint` ignores (it only matches `checkpoint-<step>`), so
+`--resume_from_checkpoint latest` always finds a complete checkpoint.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 STAGING_PREFIX = "tmp-"
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, score or KL became NaN/inf; the message names the step and the quantity."""
 
 
 class AtomicCheckpointMixin:
@@ -59,3 +65,17 @@ def _rotate(run_dir: str, limit: int | None) -> None:
     )
     for old in checkpoints[:-limit]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+class SafeTrainerMixin(AtomicCheckpointMixin):
+    """Atomic checkpoints, and a NaN/inf training loss stops the run naming the step (the last checkpoint stays)."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteError(
+                f"Non-finite training loss ({loss.item()}) at step {self.state.global_step + 1} of "
+                f"{self.args.output_dir}. The last complete checkpoint is kept; lower the learning rate, check the "
+                "data, or resume from it with --resume_from_checkpoint latest."
+            )
+        return loss

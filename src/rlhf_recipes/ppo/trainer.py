@@ -30,7 +30,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, Trainer, Tra
 from transformers.trainer_callback import ExportableState
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 
-from ..checkpoints import AtomicCheckpointMixin
+from ..checkpoints import AtomicCheckpointMixin, NonFiniteError
 from ..models import disable_dropout, reward_scores
 from . import core
 from .config import PPOConfig
@@ -38,10 +38,6 @@ from .config import PPOConfig
 logger = logging.getLogger(__name__)
 PPO_STATE_FILE = "ppo_state.json"
 VALUE_MODEL_DIR = "value_model"
-
-
-class NonFiniteError(RuntimeError):
-    """A loss, score or KL became NaN/inf; the message names the step and the quantity."""
 
 
 class PolicyAndValue(nn.Module):
