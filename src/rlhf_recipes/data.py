@@ -371,7 +371,7 @@ def format_split(
             formatted = formatter(row, fmt, report, row_number)
             if max_prompt_tokens is not None and tokenizer is not None and "prompt" in formatted:
                 formatted["prompt"] = _fit_prompt(formatted["prompt"], tokenizer, max_prompt_tokens,
-                                                  prompt_overflow, report)
+                                                  prompt_overflow, report, row_number)
         except _RowProblem as problem:
             if invalid_rows == "error":
                 raise DataError(
@@ -387,19 +387,27 @@ def format_split(
     return Dataset.from_list(rows), report
 
 
-def _fit_prompt(prompt: str, tokenizer, limit: int, overflow: str, report: DataReport) -> str:
+def _fit_prompt(prompt: str, tokenizer, limit: int, overflow: str, report: DataReport, row_number: int) -> str:
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if len(ids) <= limit:
         return prompt
     if overflow == "error":
         raise DataError(
-            f"{report.source} [{report.split}]: a prompt has {len(ids)} tokens, more than the {limit} the context "
-            "leaves for it. Set `prompt_overflow: truncate_left` or `drop`, or raise `max_length`."
+            f"{report.source} [{report.split}], row {row_number}: the prompt has {len(ids)} tokens, more than the "
+            f"{limit} the context leaves for it. Set `prompt_overflow: truncate_left` or `drop`, or raise `max_length`."
         )
     if overflow == "drop":
         raise _RowProblem(f"prompt longer than {limit} tokens")
     report.truncated_prompts += 1
-    return tokenizer.decode(ids[-limit:])  # keep the end: the last turn and the "Assistant:" cue
+    # Keep the end (the last turn and the "Assistant:" cue) as a suffix of the text. Decoding the last `limit` ids
+    # instead can start inside a multi-byte character: a "\ufffd" that re-tokenizes to more than `limit` tokens.
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for start, _ in offsets[len(ids) - limit:]:
+            suffix = prompt[start:]
+            if len(tokenizer(suffix, add_special_tokens=False)["input_ids"]) <= limit:
+                return suffix
+    return tokenizer.decode(ids[-limit:])
 
 
 # ----------------------------------------------------------------------------------------------------------------

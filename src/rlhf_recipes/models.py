@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -167,6 +168,11 @@ class _resolved_checkpoint:
             return self.name
         from peft import PeftModel
 
+        if not (Path(self.name) / "adapter_model.safetensors").is_file():
+            raise OSError(
+                f"{self.name} is a LoRA adapter folder without adapter_model.safetensors; only safetensors weights are "
+                "loaded (never pickled .bin files). Re-save the adapter with `save_pretrained(safe_serialization=True)`."
+            )
         adapter_kind: ModelKind = "causal_lm"
         adapter_config = json.loads((Path(self.name) / "adapter_config.json").read_text())
         if adapter_config.get("task_type") == "SEQ_CLS":
@@ -205,6 +211,11 @@ def _add_lora(model: PreTrainedModel, model_args: ModelConfig, kind: ModelKind, 
     if peft_config is None:  # get_peft_config returns None when use_peft is off
         model_args.use_peft = True
         peft_config = get_peft_config(model_args)
+    target = peft_config.target_modules
+    if isinstance(target, str) and target != "all-linear" and re.fullmatch(r"[\w.]+", target):
+        # TRL turns a one-item `--lora_target_modules c_attn` into the string "c_attn", which PEFT reads as a regex
+        # over full module paths that matches nothing: make it the module-name list the user meant.
+        peft_config.target_modules = {target}
     peft_config.task_type = "CAUSAL_LM" if kind == "causal_lm" else "SEQ_CLS"
     if kind != "causal_lm":
         # The scalar head is new: train it in full and save it with the adapter.

@@ -1,0 +1,299 @@
+"""The shared dataset loader: HH template, format detection, file errors, row validation and prompt fitting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from gpt2_like import gpt2_like_tokenizer
+
+from rlhf_recipes.config import ScriptArguments
+from rlhf_recipes.data import (
+    ASSISTANT,
+    DataError,
+    detect_format,
+    load_raw_dataset,
+    load_stage_dataset,
+    read_jsonl,
+    render_messages,
+    render_prompt,
+    split_hh,
+)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def args(dataset_name, **overrides) -> ScriptArguments:
+    return ScriptArguments(dataset_name=str(dataset_name), **overrides)
+
+
+@pytest.fixture(scope="module")
+def hh_rows(hh_sample) -> list[dict]:
+    return read_jsonl(hh_sample)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return gpt2_like_tokenizer()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HH template
+# ---------------------------------------------------------------------------------------------------------------
+def test_split_hh_cuts_after_the_last_assistant_cue():
+    conversation = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: And you?\n\nAssistant: Fine, thanks."
+    prompt, response = split_hh(conversation)
+    assert prompt == "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: And you?\n\nAssistant:"
+    assert response == " Fine, thanks."
+    with pytest.raises(ValueError, match="Assistant"):
+        split_hh("\n\nHuman: no reply here")
+
+
+def test_every_hh_sample_prompt_ends_with_the_cue_and_rebuilds_chosen(hh_rows):
+    assert len(hh_rows) == 400
+    for row in hh_rows:
+        for column in ("chosen", "rejected"):
+            prompt, response = split_hh(row[column])
+            assert prompt.endswith(ASSISTANT)
+            assert prompt + response == row[column]
+            assert ASSISTANT not in response
+
+
+def test_hh_sample_through_sft_keeps_prompt_plus_completion_equal_to_chosen(hh_sample, hh_rows):
+    dataset, (report,) = load_stage_dataset(args(hh_sample, dataset_format="hh"), "sft")
+    kept_rows = [row for number, row in enumerate(hh_rows, start=1)
+                 if number not in {n for rows in report.dropped.values() for n in rows}]
+    assert len(dataset["train"]) == report.kept == len(kept_rows)
+    for formatted, raw in zip(dataset["train"], kept_rows, strict=True):
+        assert formatted["prompt"].endswith(ASSISTANT)
+        assert formatted["prompt"] + formatted["completion"] == raw["chosen"]
+
+
+def test_hh_sample_through_the_reward_stage_keeps_all_rows_and_notes_row_87(hh_sample, hh_rows):
+    dataset, (report,) = load_stage_dataset(args(hh_sample), "reward")  # auto-detected as hh
+    assert report.rows_read == report.kept == len(dataset["train"]) == 400
+    assert report.dropped == {}
+    assert report.noted["empty preferred response"] == [87]
+    assert split_hh(hh_rows[86]["chosen"])[1].strip() == ""  # row 87: the preferred reply is blank
+    for formatted, raw in zip(dataset["train"], hh_rows, strict=True):
+        assert formatted["prompt"] + formatted["chosen"] == raw["chosen"]
+        assert formatted["prompt"] + formatted["rejected"] == raw["rejected"]
+    # The report says so in words too (what the recipe prints before training).
+    assert "empty preferred response (rows 87)" in report.summary()
+
+
+def test_messages_render_in_the_hh_template():
+    messages = [
+        {"role": "user", "content": "Recommend a film. "},
+        {"role": "assistant", "content": "Try Alien."},
+        {"role": "user", "content": "Something lighter?"},
+        {"role": "assistant", "content": " Try Paddington 2. "},
+    ]
+    prompt, completion = render_messages(messages)
+    assert prompt == "\n\nHuman: Recommend a film.\n\nAssistant: Try Alien.\n\nHuman: Something lighter?\n\nAssistant:"
+    assert completion == " Try Paddington 2."
+    # Rendered conversations split back exactly like HH rows do.
+    assert split_hh(prompt + completion) == (prompt, completion)
+    assert render_prompt(messages[:1]) == "\n\nHuman: Recommend a film.\n\nAssistant:"
+    with pytest.raises(ValueError, match="assistant"):
+        render_messages(messages[:1])
+    with pytest.raises(ValueError, match="unknown role"):
+        render_prompt([{"role": "robot", "content": "beep"}])
+
+
+def test_messages_file_feeds_sft_and_prompt_stages(tmp_path):
+    path = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+    ])
+    sft, _ = load_stage_dataset(args(path), "sft")
+    assert sft["train"][0] == {"prompt": "\n\nHuman: Hi\n\nAssistant:", "completion": " Hello!"}
+    prompts, _ = load_stage_dataset(args(path), "prompts")
+    assert prompts["train"][0] == {"prompt": "\n\nHuman: Hi\n\nAssistant:"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Format detection and file errors
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("columns", "stage", "expected"), [
+    (["prompt", "completion"], "sft", "prompt_completion"),
+    (["text"], "sft", "text"),
+    (["messages"], "sft", "messages"),
+    (["chosen", "rejected"], "sft", "hh"),
+    (["chosen", "rejected"], "reward", "hh"),
+    (["prompt", "chosen", "rejected"], "reward", "preference"),
+    (["prompt", "responses"], "reward", "ranking"),
+    (["prompt", "responses", "extra"], "sft", "ranking"),
+    (["prompt"], "prompts", "prompt"),
+    (["prompt", "completion"], "prompts", "prompt_completion"),
+    (["chosen", "rejected"], "prompts", "hh"),
+])
+def test_format_detection(columns, stage, expected):
+    assert detect_format(columns, "f.jsonl", stage) == expected
+
+
+def test_text_only_file_cannot_feed_the_reward_stage():
+    with pytest.raises(DataError, match="no usable columns for the reward stage"):
+        detect_format(["text"], "f.jsonl", "reward")
+
+
+def test_detection_failure_names_the_file_and_the_columns(tmp_path):
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
+    with pytest.raises(DataError) as err:
+        load_stage_dataset(args(path), "reward")
+    message = str(err.value)
+    assert str(path) in message and "question" in message and "chosen" in message
+
+
+def test_missing_column_names_the_file_and_the_column(tmp_path):
+    path = write_jsonl(tmp_path / "half.jsonl", [{"prompt": "a", "chosen": "b"}])
+    with pytest.raises(DataError) as err:
+        load_stage_dataset(args(path, dataset_format="preference"), "reward")
+    message = str(err.value)
+    assert str(path) in message
+    assert "'rejected'" in message and "missing column" in message
+
+
+def test_malformed_json_line_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"prompt": "a", "completion": " b"}\n\n{"prompt": "c", "completion": \n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_stage_dataset(args(path), "sft")
+    assert f"{path}, line 3" in str(err.value) and "malformed JSON" in str(err.value)
+
+
+def test_invalid_utf8_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "a", "completion": " b"}\n' + '{"prompt": "caf\u00e9", "completion": " x"}\n'
+                     .encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        load_stage_dataset(args(path), "sft")
+    assert f"{path}, line 2" in str(err.value) and "UTF-8" in str(err.value)
+
+
+def test_local_folder_with_train_and_test_files(tmp_path):
+    write_jsonl(tmp_path / "data/train.jsonl", [{"prompt": f"p{i}", "completion": f" c{i}"} for i in range(5)])
+    write_jsonl(tmp_path / "data/test.jsonl", [{"prompt": "q", "completion": " d"}] * 2)
+    (tmp_path / "data/notes.jsonl").write_text("not json at all\n")  # neither train nor test: ignored
+    raw = load_raw_dataset(str(tmp_path / "data"))
+    assert set(raw) == {"train", "test"}
+    dataset, reports = load_stage_dataset(args(tmp_path / "data", max_eval_samples=1), "sft")
+    assert len(dataset["train"]) == 5 and len(dataset["test"]) == 1
+    assert [r.split for r in reports] == ["train", "test"]
+    assert dataset["train"][3] == {"prompt": "p3", "completion": " c3"}
+
+
+def test_missing_local_file_and_folder_without_train(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_raw_dataset(str(tmp_path / "nope.jsonl"))
+    write_jsonl(tmp_path / "only_test/test.jsonl", [{"text": "x"}])
+    with pytest.raises(DataError, match="no train"):
+        load_raw_dataset(str(tmp_path / "only_test"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rows a stage cannot use
+# ---------------------------------------------------------------------------------------------------------------
+def test_empty_completion_is_dropped_with_its_row_number_or_raised(tmp_path):
+    path = write_jsonl(tmp_path / "sft.jsonl", [
+        {"prompt": "a", "completion": " fine"},
+        {"prompt": "b", "completion": "   "},
+        {"prompt": "c", "completion": " ok"},
+        {"prompt": "d", "completion": ""},
+    ])
+    dataset, (report,) = load_stage_dataset(args(path), "sft")
+    assert [row["prompt"] for row in dataset["train"]] == ["a", "c"]
+    assert report.rows_read == 4 and report.kept == 2
+    (reason, rows), = report.dropped.items()
+    assert "empty completion" in reason and rows == [2, 4]
+    with pytest.raises(DataError) as err:
+        load_stage_dataset(args(path, invalid_rows="error"), "sft")
+    assert "row 2" in str(err.value) and str(path) in str(err.value) and "empty completion" in str(err.value)
+
+
+def test_chosen_equal_to_rejected_is_dropped(tmp_path):
+    path = write_jsonl(tmp_path / "pref.jsonl", [
+        {"prompt": "p", "chosen": " good", "rejected": " bad"},
+        {"prompt": "p", "chosen": " same", "rejected": " same"},
+    ])
+    dataset, (report,) = load_stage_dataset(args(path), "reward")
+    assert len(dataset["train"]) == 1 and dataset["train"][0]["chosen"] == " good"
+    assert report.dropped == {"chosen equals rejected": [2]}
+    hh = write_jsonl(tmp_path / "hh.jsonl", [
+        {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: a\n\nAssistant: x"},
+        {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: a\n\nAssistant: y"},
+    ])
+    dataset, (report,) = load_stage_dataset(args(hh), "reward")
+    assert report.dropped == {"chosen equals rejected": [1]} and report.kept == 1
+    with pytest.raises(DataError, match="row 1"):
+        load_stage_dataset(args(hh, invalid_rows="error"), "reward")
+
+
+def test_ranking_with_fewer_than_two_responses_is_dropped(tmp_path):
+    path = write_jsonl(tmp_path / "rank.jsonl", [
+        {"prompt": "p", "responses": [" best", " middle", " worst"]},
+        {"prompt": "p", "responses": [" alone"]},
+        {"prompt": "p", "responses": []},
+        {"prompt": "p", "responses": [" a", " b"]},
+    ])
+    dataset, (report,) = load_stage_dataset(args(path), "reward")
+    assert [row["responses"] for row in dataset["train"]] == [[" best", " middle", " worst"], [" a", " b"]]
+    assert report.dropped == {"a ranking needs at least two responses": [2, 3]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts longer than the context leaves them
+# ---------------------------------------------------------------------------------------------------------------
+def _token_count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_long_prompts_are_truncated_from_the_left_to_a_suffix_within_the_limit(hh_sample, tokenizer):
+    limit = 48
+    prompts = [split_hh(row["chosen"])[0] for row in read_jsonl(hh_sample)]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    long_ids = [i for i in ids if len(i) > limit]
+    assert len(long_ids) > 100
+    # Some cut points fall inside a multi-byte character (curly quotes in HH): the case that must not leak "\ufffd".
+    assert any(tokenizer.decode(i[-limit:]).startswith("\ufffd") for i in long_ids)
+
+    dataset, (report,) = load_stage_dataset(args(hh_sample, dataset_format="hh"), "prompts",
+                                            tokenizer=tokenizer, max_prompt_tokens=limit)
+    assert report.kept == 400 and report.truncated_prompts == len(long_ids)
+    for original, original_ids, fitted in zip(prompts, ids, dataset["train"]["prompt"], strict=True):
+        assert original.endswith(fitted)  # cut from the left: the last turn and the cue survive
+        assert fitted.endswith(ASSISTANT)
+        assert "\ufffd" not in fitted
+        if len(original_ids) > limit:
+            # Within the limit, and no more than a character's bytes short of it.
+            assert limit - 3 <= _token_count(tokenizer, fitted) <= limit
+        else:
+            assert fitted == original
+
+
+def test_long_prompts_dropped_or_raised_as_configured(tmp_path, tokenizer):
+    long_prompt = "I watched this film twice and " * 20
+    path = write_jsonl(tmp_path / "sft.jsonl", [
+        {"prompt": "Short prompt,", "completion": " short answer."},
+        {"prompt": long_prompt, "completion": " long answer."},
+    ])
+    limit = 16
+    assert _token_count(tokenizer, long_prompt) > limit >= _token_count(tokenizer, "Short prompt,")
+
+    dataset, (report,) = load_stage_dataset(args(path, prompt_overflow="drop"), "sft", tokenizer=tokenizer,
+                                            max_prompt_tokens=limit)
+    assert dataset["train"]["prompt"] == ["Short prompt,"]
+    assert report.dropped == {f"prompt longer than {limit} tokens": [2]}
+
+    with pytest.raises(DataError) as err:
+        load_stage_dataset(args(path, prompt_overflow="error"), "sft", tokenizer=tokenizer, max_prompt_tokens=limit)
+    assert str(path) in str(err.value) and "row 2" in str(err.value)
+
+    dataset, (report,) = load_stage_dataset(args(path), "sft", tokenizer=tokenizer, max_prompt_tokens=limit)
+    assert report.truncated_prompts == 1 and report.kept == 2
+    assert long_prompt.endswith(dataset["train"][1]["prompt"]) and dataset["train"][1]["completion"] == " long answer."
+    assert _token_count(tokenizer, dataset["train"][1]["prompt"]) <= limit
