@@ -210,7 +210,7 @@ def test_push_to_hub_without_a_token_fails_before_training(demo_dir, tmp_path, m
     args = sft_args(demo_dir, out, "--max_steps", "1", "--push_to_hub", "--hub_model_id", "someone/demo-sft")
 
     with pytest.raises(ValueError, match="token") as err:
-        _, built = run_sft(args)
+        run_sft(args)
     assert "HF_TOKEN" in str(err.value)
     assert not out.exists()  # nothing trained, nothing saved
 
