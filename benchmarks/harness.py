@@ -1,0 +1,375 @@
+"""The benchmark's cases, commands, summaries and Markdown report. Pure Python (no torch), so it is unit-tested fast.
+
+A *case* is one stage (sft, rm, ppo) x model size (tiny, 124m) x method (full, lora, qlora) x launch (1proc, ddp,
+zero2, zero3). `run.py` runs each case in its own process (or `accelerate launch` group), which writes one JSON per
+rank (`measure.write_result`); `summarise` turns those into a table row.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import platform
+import shlex
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("sft", "rm", "ppo")
+RECIPES = {"sft": "sft", "rm": "reward", "ppo": "ppo"}
+LAUNCH_CONFIGS = {
+    "1proc": None,
+    "ddp": "accelerate_configs/multi_gpu.yaml",
+    "zero2": "accelerate_configs/deepspeed_zero2.yaml",
+    "zero3": "accelerate_configs/deepspeed_zero3.yaml",
+}
+METHOD_FLAGS = {
+    "full": [],
+    "lora": ["--use_peft", "true"],  # ModelConfig defaults: r=16, alpha=32, PEFT's GPT-2 targets (c_attn)
+    "qlora": ["--use_peft", "true", "--load_in_4bit", "true"],  # NF4, bitsandbytes
+}
+
+# Work per case. CPU settings keep `make bench` under 15 minutes on 2 cores; the GPU profile (gpu_check.sh) is larger.
+# sft/rm: global batch (rm: pairs), optimizer steps, max_length. ppo: episodes per update, updates, response length,
+# num_ppo_epochs, num_mini_batches. The first step/update is warm-up and is not in the throughput.
+PROFILES: dict[str, dict[str, dict[str, dict[str, int]]]] = {
+    "cpu": {
+        "tiny": {"sft": {"batch": 16, "steps": 16, "max_length": 128},
+                 "rm": {"batch": 8, "steps": 16, "max_length": 128},
+                 "ppo": {"batch": 32, "steps": 4, "response_length": 16, "epochs": 1, "mini_batches": 1}},
+        "124m": {"sft": {"batch": 4, "steps": 3, "max_length": 64},
+                 "rm": {"batch": 2, "steps": 3, "max_length": 64},
+                 "ppo": {"batch": 8, "steps": 2, "response_length": 16, "epochs": 1, "mini_batches": 1}},
+    },
+    "gpu": {
+        "tiny": {"sft": {"batch": 64, "steps": 10, "max_length": 128},
+                 "rm": {"batch": 32, "steps": 10, "max_length": 128},
+                 "ppo": {"batch": 64, "steps": 4, "response_length": 24, "epochs": 4, "mini_batches": 2}},
+        "124m": {"sft": {"batch": 32, "steps": 10, "max_length": 256},
+                 "rm": {"batch": 16, "steps": 10, "max_length": 256},
+                 "ppo": {"batch": 64, "steps": 3, "response_length": 53, "epochs": 4, "mini_batches": 2}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    stage: str
+    size: str
+    method: str = "full"
+    launch: str = "1proc"
+    tier: str = "default"  # quick < default < full: which selections include it
+    est_s: int = 30  # rough duration on the 2-core CPU, for the time budget
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}-{self.size}-{self.method}-{self.launch}"
+
+    @property
+    def distributed(self) -> bool:
+        return self.launch != "1proc"
+
+
+def _cases() -> list[Case]:
+    cases = []
+    for stage in STAGES:  # every method, one process, demo model: the quick smoke test
+        for method in METHOD_FLAGS:
+            cases.append(Case(stage, "tiny", method, tier="quick", est_s=25))
+    for stage in ("sft", "ppo"):
+        for launch in ("ddp", "zero2", "zero3"):
+            cases.append(Case(stage, "tiny", "full", launch, tier="quick" if launch == "zero2" else "default",
+                              est_s=45))
+    cases += [
+        Case("ppo", "124m", "full", tier="default", est_s=150),
+        Case("ppo", "124m", "lora", tier="default", est_s=120),
+        Case("sft", "124m", "full", tier="default", est_s=50),
+        Case("rm", "124m", "full", tier="default", est_s=50),
+        Case("sft", "124m", "lora", tier="default", est_s=40),
+        Case("sft", "124m", "qlora", tier="default", est_s=60),
+        Case("rm", "124m", "lora", tier="default", est_s=40),
+        Case("sft", "124m", "full", "zero2", tier="default", est_s=90),
+        Case("rm", "tiny", "full", "zero2", tier="full", est_s=45),
+        Case("rm", "tiny", "full", "zero3", tier="full", est_s=45),
+        Case("ppo", "tiny", "lora", "zero2", tier="full", est_s=45),
+        Case("rm", "124m", "qlora", tier="full", est_s=60),
+        Case("ppo", "124m", "qlora", tier="full", est_s=200),
+        Case("sft", "124m", "full", "zero3", tier="full", est_s=100),
+        Case("ppo", "124m", "lora", "zero2", tier="full", est_s=200),
+        Case("ppo", "124m", "full", "zero2", tier="full", est_s=300),
+        Case("rm", "124m", "full", "zero2", tier="full", est_s=90),
+    ]
+    return cases
+
+
+CASES = _cases()
+TIERS = {"quick": ("quick",), "default": ("quick", "default"), "full": ("quick", "default", "full")}
+
+
+def select_cases(tier: str = "default", patterns: list[str] | None = None) -> list[Case]:
+    """Cases of a tier, or those whose name matches any glob in `patterns` (e.g. `ppo-124m-*`)."""
+    if patterns:
+        chosen = [c for c in CASES if any(fnmatch.fnmatch(c.name, p) for p in patterns)]
+        if not chosen:
+            raise ValueError(f"No case matches {patterns}; `--list` shows them.")
+        return chosen
+    return [c for c in CASES if c.tier in TIERS[tier]]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------------------------
+def recipe_args(case: Case, paths: dict[str, str], output_dir: str, profile: str = "cpu", world_size: int = 1,
+                bf16: bool = False, work: dict[str, int] | None = None, cpu: bool = True) -> list[str]:
+    """The recipe's command-line arguments for this case (what a user would type after `recipes/<stage>.py`).
+
+    `work` overrides the profile's batch/steps/lengths for this case.
+    """
+    work = {**PROFILES[profile][case.size][case.stage], **(work or {})}
+    local = max(1, work["batch"] // world_size)  # this process's share of the global batch
+    recipe = RECIPES[case.stage]
+    stage_data = {"sft": "sft_train", "rm": "reward_train", "ppo": "prompts_train"}[case.stage]
+    args = ["--config", f"recipes/demo/{recipe}.yaml", "--model_name_or_path", paths["policy"],
+            "--dataset_name", f"{paths['data']}/{stage_data}", "--output_dir", output_dir, "--save_strategy", "no",
+            "--logging_steps", "1", "--report_to", "none", "--bf16", str(bf16).lower()]
+    if case.stage == "ppo":
+        # TRL's arithmetic: per_device_train_batch_size * num_mini_batches episodes per process and update
+        args += ["--sft_model_path", paths["policy"], "--reward_model_path", paths["reward"],
+                 "--per_device_train_batch_size", str(max(1, local // work["mini_batches"])),
+                 "--gradient_accumulation_steps", "1", "--local_rollout_forward_batch_size", str(local),
+                 "--response_length", str(work["response_length"]), "--num_ppo_epochs", str(work["epochs"]),
+                 "--num_mini_batches", str(work["mini_batches"]), "--total_episodes", str(work["batch"] * work["steps"]),
+                 "--ptx_coef", "0", "--logging_steps", "1"]
+    else:
+        args += ["--per_device_train_batch_size", str(local), "--max_steps", str(work["steps"]),
+                 "--max_length", str(work["max_length"]),
+                 # rm: every demo ranking of K=4 expands into 6 pairs
+                 "--max_train_samples", str(-(-work["batch"] * work["steps"] // (6 if case.stage == "rm" else 1)))]
+        if case.stage == "rm":
+            args += ["--normalization_samples", "0"]
+    if case.distributed and cpu:
+        args += ["--ddp_backend", "gloo"]  # CPU: DeepSpeed and DDP need gloo
+    return args + METHOD_FLAGS[case.method]
+
+
+def _dedupe_flags(args: list[str]) -> list[str]:
+    """Keep the last value of a repeated `--flag value` (what the parser would use), to print clean commands."""
+    seen: dict[str, int] = {}
+    pairs = [(args[i], args[i + 1]) for i in range(0, len(args), 2)]
+    for i, (flag, _) in enumerate(pairs):
+        seen[flag] = i
+    return [x for i, (flag, value) in enumerate(pairs) if seen[flag] == i for x in (flag, value)]
+
+
+def launch_prefix(case: Case, python: str, num_processes: int, mixed_precision: str = "no") -> list[str]:
+    """`python` for one process; `accelerate launch ...` with the repo's config for the distributed launches."""
+    if not case.distributed:
+        return [python]
+    config = LAUNCH_CONFIGS[case.launch]
+    return [python, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes",
+            str(num_processes), "--mixed_precision", mixed_precision]
+
+
+def user_command(case: Case, recipe_argv: list[str], num_processes: int, mixed_precision: str = "no") -> str:
+    """The equivalent command a user runs (recipe instead of the measuring worker)."""
+    recipe = f"recipes/{RECIPES[case.stage]}.py"
+    if case.distributed:
+        prefix = (f"accelerate launch --config_file {LAUNCH_CONFIGS[case.launch]} --num_processes {num_processes} "
+                  f"--mixed_precision {mixed_precision} {recipe}")
+    else:
+        prefix = f"python {recipe}"
+    return f"{prefix} {shlex.join(_dedupe_flags(recipe_argv))}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Summaries
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    case: str
+    stage: str
+    size: str
+    method: str
+    launch: str
+    procs: int
+    status: str = "ok"
+    params_m: float | None = None
+    trainable_m: float | None = None
+    throughput: float | None = None
+    unit: str = ""
+    measured_steps: int | None = None
+    peak_rss_mib: float | None = None  # the largest process
+    total_rss_mib: float | None = None  # all processes of the case
+    peak_gpu_mib: float | None = None
+    generate_s: float | None = None  # PPO, per update (after warm-up), slowest rank
+    score_s: float | None = None
+    optimise_s: float | None = None
+    update_s: float | None = None
+    wall_s: float | None = None  # the whole process: start-up, loading, training, saving
+    command: str = ""
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _after_warmup(values: list[float], warmup: int = 1) -> list[float]:
+    return values[warmup:] if len(values) > warmup else values
+
+
+def summarise(case: Case, ranks: list[dict], wall_s: float | None = None, command: str = "") -> Row:
+    """One table row from the per-rank results of a case."""
+    row = Row(case=case.name, stage=case.stage, size=case.size, method=case.method, launch=case.launch,
+              procs=len(ranks), wall_s=wall_s, command=command)
+    if not ranks:
+        row.status = "failed"
+        return row
+    first = ranks[0]
+    row.params_m = first.get("params", 0) / 1e6 if first.get("params") else None
+    row.trainable_m = first.get("trainable", 0) / 1e6 if first.get("trainable") is not None else None
+    rss = [r["peak_rss_mib"] for r in ranks]
+    row.peak_rss_mib, row.total_rss_mib = max(rss), sum(rss)
+    gpu = [r["peak_gpu_mib"] for r in ranks if "peak_gpu_mib" in r]
+    row.peak_gpu_mib = max(gpu) if gpu else None
+    times = [r["step_times"] for r in ranks]
+    n = min(len(t) for t in times)
+    measured = [_after_warmup(t[:n]) for t in times]
+    seconds = max(sum(t) for t in measured)
+    row.measured_steps = len(measured[0])
+    if case.stage == "ppo":
+        episodes = first["episodes_per_update"] * row.measured_steps  # global episodes
+        row.throughput, row.unit = episodes / seconds, "episodes/s"
+        for key in ("generate_s", "score_s", "optimise_s"):
+            per_rank = [statistics.mean(_after_warmup(r["phases"][key][:n])) for r in ranks]
+            setattr(row, key, max(per_rank))
+        row.update_s = seconds / row.measured_steps
+    else:
+        tokens = sum(sum(_after_warmup(r["tokens"][:n])) for r in ranks)
+        row.throughput, row.unit = tokens / seconds, "tokens/s"
+        padded = sum(sum(_after_warmup(r["padded_tokens"][:n])) for r in ranks)
+        row.extra["padded_tokens_per_s"] = padded / seconds
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables and the results file
+# ----------------------------------------------------------------------------------------------------------------
+def fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "nan"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+MAIN_HEADERS = ["case", "stage", "model", "method", "launch", "procs", "trainable M", "throughput", "unit",
+                "peak RSS/proc MiB", "RSS all procs MiB", "peak GPU MiB", "wall s", "status"]
+PPO_HEADERS = ["case", "episodes/s", "update s", "generate s", "score s", "optimise s", "other s"]
+
+
+def main_table(rows: list[Row]) -> str:
+    body = [[r.case, r.stage, r.size, r.method, r.launch, str(r.procs), fmt(r.trainable_m, 2), fmt(r.throughput),
+             r.unit, fmt(r.peak_rss_mib), fmt(r.total_rss_mib), fmt(r.peak_gpu_mib), fmt(r.wall_s),
+             r.status + (f" ({r.note})" if r.note else "")] for r in rows]
+    return markdown_table(MAIN_HEADERS, body)
+
+
+def ppo_table(rows: list[Row]) -> str:
+    body = []
+    for r in rows:
+        if r.stage != "ppo" or r.status != "ok":
+            continue
+        other = None
+        if None not in (r.update_s, r.generate_s, r.score_s, r.optimise_s):
+            other = r.update_s - r.generate_s - r.score_s - r.optimise_s
+        body.append([r.case, fmt(r.throughput, 2), fmt(r.update_s, 2), fmt(r.generate_s, 2), fmt(r.score_s, 2),
+                     fmt(r.optimise_s, 2), fmt(other, 2)])
+    return markdown_table(PPO_HEADERS, body) if body else ""
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def findings(rows: list[Row]) -> list[str]:
+    """The derived figures issue 8 asks for (LoRA vs full PPO memory), when both rows were measured."""
+    by_case = {r.case: r for r in rows if r.status == "ok"}
+    lines = []
+    for size in ("124m", "tiny"):
+        full, lora = by_case.get(f"ppo-{size}-full-1proc"), by_case.get(f"ppo-{size}-lora-1proc")
+        if full and lora:
+            value = ratio(lora.peak_rss_mib, full.peak_rss_mib)
+            verdict = "meets" if value is not None and value <= 0.6 else "misses"
+            lines.append(f"PPO peak RSS, LoRA / full ({size}): {fmt(lora.peak_rss_mib)} / {fmt(full.peak_rss_mib)} MiB"
+                         f" = {value:.2f} ({verdict} the <= 0.6 target)")
+        qlora = by_case.get(f"ppo-{size}-qlora-1proc")
+        if full and qlora:
+            lines.append(f"PPO peak RSS, QLoRA / full ({size}): {fmt(ratio(qlora.peak_rss_mib, full.peak_rss_mib), 2)}")
+    return lines
+
+
+def machine_label(cpu_count: int | None = None, system: str | None = None, arch: str | None = None,
+                  gpu: str | None = None) -> str:
+    """A hostname-independent label: `cpu-2core`, `cpu-8core-darwin-arm64`, `gpu-nvidia-h100-80gb-hbm3-x1`."""
+    if gpu:
+        return "gpu-" + "".join(c if c.isalnum() else "-" for c in gpu.lower()).strip("-").replace("--", "-")
+    cpu_count = cpu_count or os.cpu_count() or 1
+    system = (system or platform.system()).lower()
+    arch = (arch or platform.machine()).lower()
+    label = f"cpu-{cpu_count}core"
+    if (system, arch) not in (("linux", "x86_64"), ("linux", "amd64")):
+        label += f"-{system}-{arch}"
+    return label
+
+
+def report(rows: list[Row], *, machine: str, environment: dict[str, str], invocation: str, settings: dict,
+           notes: list[str] | None = None, date: str = "") -> str:
+    """The Markdown results file: environment, the tables, derived figures, and the exact commands."""
+    out = [f"# Benchmark results: {machine}", ""]
+    if date:
+        out.append(f"Measured {date} with `{invocation}`.")
+    else:
+        out.append(f"Measured with `{invocation}`.")
+    out += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in environment.items()) + ".", ""]
+    out += ["Throughput is steady state: the first optimizer step (PPO: the first update) is warm-up and is left "
+            "out. `tokens/s` counts real (non-pad) tokens trained on per second, all processes together. PPO "
+            "`episodes/s` = episodes per update / seconds per update; its split (per update, slowest process): "
+            "`generate` = sampling the responses with the KV cache, `score` = the no-grad forwards (policy and "
+            "reference log-probs, values, reward), `optimise` = the PPO epochs, `other` = GAE, statistics, "
+            "logging. Peak RSS is `ru_maxrss` of each process (loading and saving included); `wall s` is the whole "
+            "process, start-up included.", ""]
+    out += ["## Stages", "", main_table(rows), ""]
+    ppo = ppo_table(rows)
+    if ppo:
+        out += ["## PPO time split (seconds per update)", "", ppo, ""]
+    derived = findings(rows)
+    if derived:
+        out += ["## Derived", ""] + [f"* {line}" for line in derived] + [""]
+    if notes:
+        out += ["## Notes", ""] + [f"* {n}" for n in notes] + [""]
+    out += ["## Settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True), "```", ""]
+    out += ["## Commands", "", "Each case, as the equivalent recipe command (the harness runs the same arguments "
+            "through `benchmarks/worker.py`, which adds the timers):", "", "```bash"]
+    out += [f"# {r.case}\n{r.command}" for r in rows if r.command]
+    out += ["```", ""]
+    return "\n".join(out)
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def row_to_json(row: Row) -> dict:
+    return asdict(row)
