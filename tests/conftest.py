@@ -19,7 +19,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-sample.jsonl"
-TEST_PRETRAIN_STEPS = 120  # enough for fluent-ish text; the real demo pretrains longer
+# A quarter of the real demo's pretraining: fluent enough for every stage to learn something, fast on 2 cores.
+TEST_PRETRAIN_STEPS, TEST_PRETRAIN_BATCH = 150, 16
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +28,7 @@ def demo_dir(tmp_path_factory) -> Path:
     from rlhf_recipes.demo.build import build_demo
 
     path = Path(os.environ.get("RLHF_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo"))
-    return build_demo(path, pretrain_steps=TEST_PRETRAIN_STEPS)
+    return build_demo(path, pretrain_steps=TEST_PRETRAIN_STEPS, pretrain_batch_size=TEST_PRETRAIN_BATCH)
 
 
 @pytest.fixture(scope="session")

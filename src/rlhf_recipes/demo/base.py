@@ -67,8 +67,8 @@ def pretrain(model: GPT2LMHeadModel, token_blocks: torch.Tensor, steps: int, bat
     return losses
 
 
-def build_base_model(output_dir: str | Path, *, steps: int = 600, num_texts: int = 6000, seed: int = 0,
-                     n_embd: int = 128, n_layer: int = 2) -> Path:
+def build_base_model(output_dir: str | Path, *, steps: int = 300, num_texts: int = 6000, seed: int = 0,
+                     n_embd: int = 128, n_layer: int = 2, batch_size: int = 32) -> Path:
     """Train the tokenizer, pretrain the tiny GPT-2 and save both to `output_dir`; return the folder."""
     output_dir = Path(output_dir)
     torch.manual_seed(seed)
@@ -87,7 +87,7 @@ def build_base_model(output_dir: str | Path, *, steps: int = 600, num_texts: int
     block = config.n_positions
     usable = len(stream) // block * block
     blocks = torch.tensor(stream[:usable]).view(-1, block)
-    losses = pretrain(model, blocks, steps=steps, seed=seed)
+    losses = pretrain(model, blocks, steps=steps, batch_size=batch_size, seed=seed)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -95,7 +95,7 @@ def build_base_model(output_dir: str | Path, *, steps: int = 600, num_texts: int
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
     report = {
-        "steps": steps, "num_texts": num_texts, "tokens": int(usable), "vocab_size": len(tokenizer),
+        "steps": steps, "batch_size": batch_size, "num_texts": num_texts, "tokens": int(usable), "vocab_size": len(tokenizer),
         "parameters": sum(p.numel() for p in model.parameters()), "first_loss": losses[0],
         "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.time() - start, 1),
     }

@@ -44,22 +44,22 @@ def build_demo_data(output_dir: str | Path, seed: int = 0) -> Path:
     return data
 
 
-def build_demo(output_dir: str | Path = "runs/demo", *, pretrain_steps: int = 600, seed: int = 0,
-               force: bool = False) -> Path:
+def build_demo(output_dir: str | Path = "runs/demo", *, pretrain_steps: int = 300, pretrain_batch_size: int = 32,
+               seed: int = 0, force: bool = False) -> Path:
     """Build the demo once; later calls reuse it unless `force`."""
     output_dir = Path(output_dir)
     marker = output_dir / "base" / "pretraining.json"
     if marker.is_file() and not force:
         return output_dir
     build_demo_data(output_dir, seed=seed)
-    build_base_model(output_dir / "base", steps=pretrain_steps, seed=seed)
+    build_base_model(output_dir / "base", steps=pretrain_steps, batch_size=pretrain_batch_size, seed=seed)
     return output_dir
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/demo")
-    parser.add_argument("--pretrain_steps", type=int, default=600)
+    parser.add_argument("--pretrain_steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder already holds a demo")
     args = parser.parse_args()
