@@ -505,6 +505,9 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
             from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 
             deepspeed_load_checkpoint(self.model_wrapped, checkpoint, load_module_strict=False)
+            # The engine restores the optimizer only: our scheduler is not DeepSpeed's, so load it from
+            # scheduler.pt (under DeepSpeed, Trainer's loader reads just the scheduler).
+            self._load_optimizer_and_scheduler(checkpoint)
         else:
             unwrapped = self._unwrapped()
             _load_weights(unwrapped.policy, checkpoint)
