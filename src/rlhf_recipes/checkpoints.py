@@ -25,11 +25,21 @@ class AtomicCheckpointMixin:
     """Mix into a `transformers.Trainer` subclass (before it in the bases) to make `_save_checkpoint` atomic."""
 
     _staging_root: str | None = None
+    _push_after_rename: bool = False
 
     def _get_output_dir(self, trial) -> str:
         if self._staging_root is not None:
             return self._staging_root
         return super()._get_output_dir(trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # With `push_to_hub`, the Trainer uploads output_dir in the background from inside the save. The staging
+        # folder (optimizer and RNG state) is in output_dir then, and would go up or vanish mid-upload: wait for
+        # the rename.
+        if self._staging_root is not None:
+            self._push_after_rename = True
+            return
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = super()._get_output_dir(trial)
@@ -53,6 +63,9 @@ class AtomicCheckpointMixin:
             os.replace(os.path.join(staging_root, name), final)
             shutil.rmtree(staging_root, ignore_errors=True)
             _rotate(run_dir, limit)
+            if self._push_after_rename:
+                self._push_after_rename = False
+                self._push_from_checkpoint(str(final))
         self.accelerator.wait_for_everyone()
 
 

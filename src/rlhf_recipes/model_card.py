@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,22 @@ KEY_HYPERPARAMETERS = (
 )
 
 
+_TOKEN_FLAGS = ("--hub_token", "--hub-token", "--token", "--hf_token", "--hf-token")
+_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{30,}")  # the shape of a Hugging Face access token
+
+
 def _safe_command(command: str) -> str:
-    # A token passed as a flag must never reach a card.
+    # A token passed as a flag (`--hub_token X` or `--hub_token=X`), or pasted anywhere, must never reach a card.
     words = command.split()
-    return " ".join("<redacted>" if i > 0 and words[i - 1] == "--hub_token" else w for i, w in enumerate(words))
+    safe = []
+    for i, word in enumerate(words):
+        flag, equals, _ = word.partition("=")
+        if equals and flag in _TOKEN_FLAGS:
+            word = f"{flag}=<redacted>"
+        elif i > 0 and words[i - 1] in _TOKEN_FLAGS:
+            word = "<redacted>"
+        safe.append(_HF_TOKEN.sub("<redacted>", word))
+    return " ".join(safe)
 
 
 def write_model_card(

@@ -38,8 +38,12 @@ def resolve_resume_checkpoint(training_args) -> str | None:
 
 
 def check_hub_token(training_args) -> None:
-    """With `push_to_hub`, fail before training rather than after it when no token is available."""
-    if not getattr(training_args, "push_to_hub", False) or training_args.hub_token is not None:
+    """Refuse a token given as an argument; with `push_to_hub`, fail before training when no token is available."""
+    if getattr(training_args, "hub_token", None) is not None:
+        # The training arguments are pickled into training_args.bin, which the Trainer uploads with the model.
+        raise ValueError("Do not pass the Hub token as `hub_token`/`--hub_token`: the training arguments are saved "
+                         "(training_args.bin) and uploaded with the model. Export HF_TOKEN or run `hf auth login`.")
+    if not getattr(training_args, "push_to_hub", False):
         return
     from .hub import require_token
 
@@ -69,20 +73,26 @@ def save_stage(
 ) -> Path:
     """Save the trained model with its tokenizer, metrics, data report and model card, and push when asked."""
     output_dir = Path(trainer.args.output_dir)
-    trainer.save_model(str(output_dir))
-    if not trainer.accelerator.is_main_process:
-        return output_dir
-    trainer.processing_class.save_pretrained(output_dir)
-    if reports:
-        save_reports(reports, output_dir)
-    write_stage_metrics(output_dir, {"stage": stage, **metrics})
-    if getattr(model_args, "use_peft", False) and getattr(script_args, "merge_adapter", False):
-        merge_adapter(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, output_dir / "merged")
-    from .model_card import write_model_card
+    # `_internal_call`: no "Model save" push yet, the folder is not complete (card, metrics, reports).
+    trainer.save_model(str(output_dir), _internal_call=True)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(output_dir)
+        if reports:
+            save_reports(reports, output_dir)
+        write_stage_metrics(output_dir, {"stage": stage, **metrics})
+        if getattr(model_args, "use_peft", False) and getattr(script_args, "merge_adapter", False):
+            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+            policy = getattr(unwrapped, "policy", unwrapped)  # PPO trains the policy and value model as one module
+            merge_adapter(policy, trainer.processing_class, output_dir / "merged")
+        from .model_card import write_model_card
 
-    write_model_card(output_dir, stage=stage, script_args=script_args, model_args=model_args,
-                     training_args=trainer.args, metrics=metrics, command=" ".join(sys.argv))
+        write_model_card(output_dir, stage=stage, script_args=script_args, model_args=model_args,
+                         training_args=trainer.args, metrics=metrics, command=" ".join(sys.argv))
     if trainer.args.push_to_hub:
+        trainer.accelerator.wait_for_everyone()
+        # Every process: push_to_hub saves again, which gathers sharded (ZeRO-3) weights; only process 0 uploads.
+        # Trainer.push_to_hub would also replace our card with the trainer's generic one: keep ours.
+        trainer.create_model_card = lambda *args, **kwargs: None
         trainer.push_to_hub(commit_message=f"{stage}: final model")
     return output_dir
 
