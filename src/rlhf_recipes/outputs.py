@@ -90,10 +90,14 @@ def save_stage(
                          training_args=trainer.args, metrics=metrics, command=" ".join(sys.argv))
     if trainer.args.push_to_hub:
         trainer.accelerator.wait_for_everyone()
-        # Every process: push_to_hub saves again, which gathers sharded (ZeRO-3) weights; only process 0 uploads.
-        # Trainer.push_to_hub would also replace our card with the trainer's generic one: keep ours.
-        trainer.create_model_card = lambda *args, **kwargs: None
-        trainer.push_to_hub(commit_message=f"{stage}: final model")
+        if trainer.accelerator.is_main_process:
+            # Our uploader rather than Trainer.push_to_hub: the folder is already complete (and gathered under
+            # ZeRO-3), our model card stays, and pickles (training_args.bin) and checkpoints stay local.
+            from .hub import push_run
+
+            push_run(output_dir, trainer.hub_model_id or trainer.args.hub_model_id or output_dir.name,
+                     private=bool(trainer.args.hub_private_repo), commit_message=f"{stage}: final model")
+        trainer.accelerator.wait_for_everyone()
     return output_dir
 
 

@@ -144,6 +144,7 @@ def test_training_run_pushes_itself_with_our_card(fake_hub, demo_dir, tmp_path):
     final = fake_hub.commits[-1]
     assert final.message == "sft: final model"
     assert SFT_FILES <= set(final.files)
+    assert "training_args.bin" not in final.files, "the final upload carries no pickle"
     # The card that goes up is ours (metadata, hyperparameters, metrics), not the trainer's generic one.
     assert final.files["README.md"] == (out / "README.md").read_bytes()
     assert "rlhf-recipes" in card_metadata(final.files["README.md"])["tags"]
@@ -160,6 +161,7 @@ def test_ppo_training_run_pushes_policy_and_value_model(fake_hub, demo_dir, sft_
         assert forbidden_uploads(set(commit.files) - {"training_args.bin"}) == [], commit.message
     final = fake_hub.commits[-1].files
     assert PPO_POLICY_FILES | {f"value_model/{name}" for name in VALUE_FILES} <= set(final)
+    assert "training_args.bin" not in final
     assert final["value_model/model.safetensors"] == (out / "value_model" / "model.safetensors").read_bytes()
     assert final["README.md"] == (out / "README.md").read_bytes()
     assert card_metadata(final["README.md"])["tags"][:2] == ["rlhf-recipes", "ppo"]
