@@ -57,10 +57,12 @@ class StepTimer(TrainerCallback):
 
     def __init__(self) -> None:
         self.step_ends: list[float] = []
+        self.cpu_ends: list[float] = []  # process CPU time: robust to other jobs on a shared machine
         self.tokens: list[int] = []
         self.padded_tokens: list[int] = []
         self._tokens = self._padded = 0
         self.train_begin: float | None = None
+        self.cpu_begin: float | None = None
 
     def add_batch(self, inputs: dict) -> None:
         real, padded = count_tokens(inputs)
@@ -69,9 +71,11 @@ class StepTimer(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.train_begin = now()
+        self.cpu_begin = time.process_time()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step_ends.append(now())
+        self.cpu_ends.append(time.process_time())
         self.tokens.append(self._tokens)
         self.padded_tokens.append(self._padded)
         self._tokens = self._padded = 0
@@ -79,6 +83,11 @@ class StepTimer(TrainerCallback):
     def step_times(self) -> list[float]:
         starts = [self.train_begin, *self.step_ends[:-1]]
         return [end - start for start, end in zip(starts, self.step_ends)]
+
+    def step_cpu_times(self) -> list[float]:
+        """CPU seconds of this process per step (all its threads; GPU work is not in it)."""
+        starts = [self.cpu_begin, *self.cpu_ends[:-1]]
+        return [end - start for start, end in zip(starts, self.cpu_ends)]
 
     def steady(self, work_per_step: list[float], warmup: int = 1) -> dict[str, float]:
         """Throughput over the steps after `warmup` (all steps when there are no more than `warmup`)."""

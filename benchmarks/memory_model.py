@@ -103,11 +103,13 @@ def smallest_gpu(nbytes: float) -> str:
 def tables() -> str:
     out = []
     configs = [("full", "bf16", 1, False), ("full", "bf16", 1, True), ("lora", "bf16", 1, False),
-               ("qlora", "bf16", 1, False), ("full", "zero2", 8, False), ("full", "zero3", 8, False),
-               ("full", "zero3+offload", 8, True)]
+               ("lora", "bf16", 1, True), ("qlora", "bf16", 1, True), ("full", "zero2", 8, False),
+               ("full", "zero3", 8, False), ("full", "zero3", 8, True), ("full", "zero3+offload", 8, True)]
     labels = {("full", "bf16", 1, False): "full, 1 GPU", ("full", "bf16", 1, True): "full + grad. ckpt, 1 GPU",
-              ("lora", "bf16", 1, False): "LoRA, 1 GPU", ("qlora", "bf16", 1, False): "QLoRA, 1 GPU",
+              ("lora", "bf16", 1, False): "LoRA, 1 GPU", ("lora", "bf16", 1, True): "LoRA + ckpt, 1 GPU",
+              ("qlora", "bf16", 1, True): "QLoRA + ckpt, 1 GPU",
               ("full", "zero2", 8, False): "full, ZeRO-2 x8", ("full", "zero3", 8, False): "full, ZeRO-3 x8",
+              ("full", "zero3", 8, True): "full, ZeRO-3 + ckpt x8",
               ("full", "zero3+offload", 8, True): "full, ZeRO-3 + offload + ckpt x8"}
     for stage, micro, seq in (("sft", 8, 512), ("rm", 8, 512), ("ppo", 16, 640)):
         header = ["option"] + [f"{s}" for s in SIZES]

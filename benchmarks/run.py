@@ -37,9 +37,11 @@ from harness import (  # noqa: E402
     launch_prefix,
     machine_label,
     main_table,
+    merge_rows,
     ppo_table,
     recipe_args,
     report,
+    row_to_json,
     select_cases,
     summarise,
     user_command,
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=str(REPO / "runs" / "bench"), help="where models and data are built")
     parser.add_argument("--output", help="results file (default benchmarks/results/<machine>.md)")
     parser.add_argument("--no_write", action="store_true", help="print only")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
+    parser.add_argument("--merge", action="store_true",
+                        help="update the existing results file: replace the rows of the cases run now, keep the rest")
     args = parser.parse_args(argv)
 
     tier = "quick" if args.quick else "full" if args.full else "default"
@@ -151,27 +156,35 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row.wall_s:.0f} s", flush=True)
 
     total_min = (time.perf_counter() - started) / 60
+    output = Path(args.output) if args.output else HERE / "results" / f"{machine}.md"
+    invocation = "python benchmarks/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    invocations = [f"{invocation}  # {datetime.date.today().isoformat()}, {total_min:.1f} min"]
+    extra_notes = list(args.note)
+    if args.merge and output.with_suffix(".json").is_file():
+        previous = json.loads(output.with_suffix(".json").read_text())
+        rows, invocations = merge_rows(previous["rows"], rows), previous["invocations"] + invocations
+        extra_notes = previous.get("notes", []) + extra_notes
     print("\n" + main_table(rows) + "\n")
     split = ppo_table(rows)
     if split:
         print(split + "\n")
-    invocation = "python benchmarks/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     settings = {"profile": profile, "work": {size: PROFILES[profile][size] for size in paths},
                 "threads_per_process": args.threads, "num_processes (distributed cases)": args.num_processes,
                 "bf16": args.bf16, "tier": tier if not args.cases else args.cases,
                 "total_minutes": round(total_min, 1)}
-    notes = [f"Whole run: {total_min:.1f} min (budget {args.budget_min:g} min).",
+    notes = ["Runs (the last one may have re-measured some cases with `--merge`): " + "; ".join(
+                 f"`{i}`" for i in invocations),
              "Models: `tiny` is the demo GPT-2 (2 layers, d=128); `124m` is a randomly initialised GPT2Config() "
              "model with a 50257-token BPE tokenizer built offline (+ pad), see benchmarks/fixtures.py.",
              "PPO settings: no ptx term, num_ppo_epochs/num_mini_batches as in Settings; the rollout forward batch "
-             "is the whole local batch."]
+             "is the whole local batch.", *extra_notes]
     text = report(rows, machine=machine, environment=environment(), invocation=invocation, settings=settings,
                   notes=notes, date=datetime.date.today().isoformat())
     if not args.no_write:
-        output = Path(args.output) if args.output else HERE / "results" / f"{machine}.md"
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
-        (output.with_suffix(".json")).write_text(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
+        output.with_suffix(".json").write_text(json.dumps(
+            {"invocations": invocations, "notes": extra_notes, "rows": [row_to_json(r) for r in rows]}, indent=2) + "\n")
         print(f"wrote {output}")
     return 0 if all(r.status in ("ok", "skipped") for r in rows) else 1
 

@@ -118,6 +118,7 @@ def trl_worker(policy_path: str, reward_path: str, prompts_file: str, settings: 
         trainer.train()
         trainer.save_model(output_dir)
         write_result(result_dir, {"side": f"TRL {trl.__version__}", "step_times": timer.step_times(),
+                                  "step_cpu_times": timer.step_cpu_times(),
                                   "generate_s": generate_s, "episodes_per_update": config.batch_size,
                                   "process_s": now() - start})
 
@@ -143,6 +144,10 @@ def steady(result: dict) -> dict:
            "process_s": result["process_s"]}
     if generate:
         out["generate_s"] = statistics.mean(generate)
+    cpu = result.get("step_cpu_times") or []
+    if len(cpu) == len(result["step_times"]):
+        cpu = cpu[1:] or cpu
+        out["episodes_per_cpu_s"] = result["episodes_per_update"] * len(cpu) / sum(cpu)
     return out
 
 
@@ -173,9 +178,10 @@ def run_side(side: str, python: Path, paths: dict, settings: dict, threads: int)
 def comparison_table(medians: dict[str, dict]) -> str:
     from harness import fmt, markdown_table
 
-    headers = ["trainer", "episodes/s", "s per update", "generate s per update", "peak RSS MiB", "process s"]
-    rows = [[side, fmt(m["episodes_per_s"], 3), fmt(m["update_s"], 2), fmt(m.get("generate_s"), 2),
-             fmt(m["peak_rss_mib"]), fmt(m["process_s"])] for side, m in medians.items()]
+    headers = ["trainer", "episodes/s", "episodes per CPU s", "s per update", "generate s per update",
+               "peak RSS MiB", "process s"]
+    rows = [[side, fmt(m["episodes_per_s"], 3), fmt(m.get("episodes_per_cpu_s"), 3), fmt(m["update_s"], 2),
+             fmt(m.get("generate_s"), 2), fmt(m["peak_rss_mib"]), fmt(m["process_s"])] for side, m in medians.items()]
     return markdown_table(headers, rows)
 
 

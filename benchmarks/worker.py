@@ -96,7 +96,8 @@ def run(case: str, stage: str, result_dir: str, recipe_argv: list[str]) -> None:
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     policy = getattr(unwrapped, "policy", unwrapped)
     params, trainable = count_parameters(policy)
-    payload = {"case": case, "stage": stage, "step_times": timer.step_times(), "tokens": timer.tokens,
+    payload = {"case": case, "stage": stage, "step_times": timer.step_times(),
+               "step_cpu_times": timer.step_cpu_times(), "tokens": timer.tokens,
                "padded_tokens": timer.padded_tokens, "params": params, "trainable": trainable,
                "process_s": now() - start, "world_size": trainer.accelerator.num_processes}
     if stage == "ppo":

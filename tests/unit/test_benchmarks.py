@@ -142,7 +142,7 @@ def test_overhead_and_trl_comparison_tables():
             "bare": [{"tokens_per_s": 100.0, "tokens_per_step": 300.0, "process_s": 18.0, "peak_rss_mib": 590.0}]}
     summary = bare_trl.summarise("sft", runs)
     assert summary["overhead_pct"] == pytest.approx(100 / 95 * 100 - 100)
-    assert "+5.3%" in bare_trl.overhead_table([summary])
+    assert "+5.3%" in bare_trl.overhead_table([summary]) and summary["cpu_overhead_pct"] is None
 
     baseline = _load("trl_ppo_baseline")
     settings = baseline.shared_settings(batch=8, updates=3, response_length=16, epochs=1, mini_batches=2)
@@ -154,4 +154,19 @@ def test_overhead_and_trl_comparison_tables():
                               "episodes_per_update": 8, "peak_rss_mib": 1.0, "process_s": 2.0})
     assert steady["episodes_per_s"] == pytest.approx(2.0) and steady["generate_s"] == pytest.approx(1.0)
     table = baseline.comparison_table({"ours": steady, "trl": steady})
-    assert table.splitlines()[2].startswith("| ours | 2.000 | 4.00 | 1.00 |")
+    assert table.splitlines()[2].startswith("| ours | 2.000 |  | 4.00 | 1.00 |")
+
+
+def test_merge_rows_replaces_measured_cases_and_keeps_run_order():
+    def row(case, status="ok", throughput=1.0):
+        stage, size, method, launch = case.split("-")
+        return harness.Row(case=case, stage=stage, size=size, method=method, launch=launch, procs=1, status=status,
+                           throughput=throughput)
+
+    previous = [harness.row_to_json(row("sft-tiny-full-1proc", throughput=1.0)),
+                harness.row_to_json(row("ppo-124m-lora-1proc", status="skipped"))]
+    merged = harness.merge_rows(previous, [row("ppo-124m-lora-1proc", throughput=2.0),
+                                           row("sft-tiny-full-1proc", status="skipped")])
+    assert [r.case for r in merged] == ["ppo-124m-lora-1proc", "sft-tiny-full-1proc"]  # registry order
+    assert merged[0].throughput == 2.0 and merged[0].status == "ok"
+    assert merged[1].throughput == 1.0 and merged[1].status == "ok"  # a skip does not erase a measurement
