@@ -76,6 +76,7 @@ def save_stage(
     # `_internal_call`: no "Model save" push yet, the folder is not complete (card, metrics, reports).
     trainer.save_model(str(output_dir), _internal_call=True)
     if trainer.accelerator.is_main_process:
+        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # logs for plots, also without checkpoints
         trainer.processing_class.save_pretrained(output_dir)
         if reports:
             save_reports(reports, output_dir)

@@ -14,7 +14,7 @@ from ..evaluation_metrics import markdown_table
 STAGE_FIELDS = {
     "sft": [("held-out loss before", "eval_loss_before"), ("held-out loss after", "eval_loss_after")],
     "reward": [("held-out accuracy", "eval_accuracy"), ("held-out margin", "eval_margin"),
-               ("normalisation bias", "normalization_bias")],
+               ("normalisation bias", "reward_bias")],
     "ppo": [("final KL", "objective/kl"), ("final KL coef", "objective/kl_coef"),
             ("final RM score (train batch)", "objective/scores")],
 }
