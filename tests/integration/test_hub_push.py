@@ -22,10 +22,11 @@ from rlhf_recipes.outputs import write_stage_metrics
 
 TOKEN = "hf_fake_write_token_for_tests"
 # Never uploaded, whatever the stage: optimizer/scheduler/RNG state, pickles, checkpoints, local logs.
+# (The top-level trainer_state.json is the run's log history, published like the Trainer does.)
 FORBIDDEN = ["checkpoint-*", "*/checkpoint-*", "tmp-checkpoint-*", "*optimizer.pt", "*scheduler.pt", "*rng_state*",
-             "*.pth", "*trainer_state.json", "runs/*", "*.bin"]
+             "*.pth", "*/trainer_state.json", "runs/*", "*.bin"]
 SFT_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-             "tokenizer_config.json", "stage_metrics.json", "data_report.json"}
+             "tokenizer_config.json", "stage_metrics.json", "data_report.json", "trainer_state.json"}
 
 
 @pytest.fixture
@@ -103,7 +104,8 @@ def ppo_dir(demo_dir, sft_dir, tmp_path_factory) -> Path:
 
 
 PPO_POLICY_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                    "tokenizer_config.json", "stage_metrics.json", "data_report.json", "ppo_state.json"}
+                    "tokenizer_config.json", "stage_metrics.json", "data_report.json", "ppo_state.json",
+                    "trainer_state.json"}
 VALUE_FILES = {"config.json", "model.safetensors"}
 
 
