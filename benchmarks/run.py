@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
         output.with_suffix(".json").write_text(json.dumps(
-            {"invocations": invocations, "notes": extra_notes, "rows": [row_to_json(r) for r in rows]}, indent=2) + "\n")
+            {"invocations": invocations, "notes": extra_notes, "settings": settings, "environment": environment(),
+             "rows": [row_to_json(r) for r in rows]}, indent=2) + "\n")
         print(f"wrote {output}")
     return 0 if all(r.status in ("ok", "skipped") for r in rows) else 1
 
