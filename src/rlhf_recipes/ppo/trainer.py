@@ -183,11 +183,13 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         n = len(self.train_dataset)
         local = self.sizes["local_batch_size"]
         start = update * self.sizes["batch_size"] + self.accelerator.process_index * local
-        indices = []
+        indices, permutations = [], {}  # a batch spans at most two data epochs: one permutation each
         for position in range(start, start + local):
             data_epoch, offset = divmod(position, n)
-            permutation = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + data_epoch))
-            indices.append(int(permutation[offset]))
+            if data_epoch not in permutations:
+                generator = torch.Generator().manual_seed(self.args.seed + data_epoch)
+                permutations[data_epoch] = torch.randperm(n, generator=generator)
+            indices.append(int(permutations[data_epoch][offset]))
         return self._left_pad([self.train_dataset[i]["input_ids"] for i in indices])
 
     def _left_pad(self, sequences: list[list[int]]) -> torch.Tensor:
