@@ -232,6 +232,24 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
+def use_fused_gelu(model: torch.nn.Module) -> int:
+    """Run GPT-2's `gelu_new` as PyTorch's fused tanh-GELU kernel; returns how many activations were swapped.
+
+    The same function (transformers' `GELUTanh` docstring: equivalent to NewGELU up to rounding), in one kernel
+    instead of seven element-wise ops, and autograd keeps one activation instead of several per MLP: faster, and
+    less memory per token in training. The config is left alone, so saved checkpoints are unchanged.
+    """
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+                swapped += 1
+    return swapped
+
+
 def read_reward_bias(name_or_path: str) -> float:
     """The normalisation bias saved beside a reward model (0.0 when it was never normalised)."""
     file = Path(name_or_path) / REWARD_NORMALIZATION_FILE

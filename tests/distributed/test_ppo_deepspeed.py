@@ -110,12 +110,17 @@ def test_policy_trained_under_deepspeed_loads_alone_with_finite_logits(runs, sta
 
 @pytest.mark.timeout(1200)
 def test_zero3_trains_like_zero2(runs, sft_dir):
-    """Same episodes, same updates: only the order of float reductions differs (reduce-scatter vs all-reduce)."""
+    """Same episodes, same updates: only the order of float reductions differs (reduce-scatter vs all-reduce).
+
+    Compared as norms over all weights: Adam turns a rounding-level difference in a near-zero gradient into an
+    lr-sized step of either sign, so a single weight can differ by as much as it moved; the whole update cannot.
+    """
     first, second = load_file(runs["zero2"] / "model.safetensors"), load_file(runs["zero3"] / "model.safetensors")
     start = load_file(sft_dir / "model.safetensors")
-    moved = max((first[k] - start[k]).abs().max().item() for k in start)
-    apart = max((second[k] - first[k]).abs().max().item() for k in second)  # ZeRO-2 also writes the tied lm_head
-    assert moved > 5e-4 and apart < 0.02 * moved, (apart, moved)
+    keys = sorted(start)  # ZeRO-2 also writes the tied lm_head
+    moved = torch.cat([(first[k] - start[k]).flatten() for k in keys]).norm().item()
+    apart = torch.cat([(second[k] - first[k]).flatten() for k in keys]).norm().item()
+    assert moved > 1e-3 and apart < 0.05 * moved, (apart, moved)
     for a, b in zip(history(runs["zero2"]), history(runs["zero3"])):
         for key in METRICS:
             assert b[key] == pytest.approx(a[key], abs=1e-5), key

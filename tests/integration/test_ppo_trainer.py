@@ -32,6 +32,7 @@ from transformers import (
     GPT2LMHeadModel,
     TrainerCallback,
 )
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 from trl import ModelConfig
 
 from rlhf_recipes.data import load_raw_dataset, tokenize_prompts, tokenize_texts
@@ -109,25 +110,33 @@ def make_trainer(tok, prompts, out, *, policy=None, ref="separate", rm=None, vm=
 
 
 def fix_generation(monkeypatch, trainer, responses: torch.Tensor) -> None:
-    """Make the policy 'sample' exactly `responses` (raw, before the trainer's truncation)."""
+    """Make the policy 'sample' exactly `responses` (raw, before the trainer's truncation), with the raw logits
+    `generate(output_logits=True)` would return for them."""
     policy = trainer._unwrapped().policy
 
+    @torch.no_grad()
     def generate(input_ids, attention_mask=None, generation_config=None, **_):
-        return torch.cat([input_ids, responses[: input_ids.shape[0]].to(input_ids.device)], dim=1)
+        sequences = torch.cat([input_ids, responses[: input_ids.shape[0]].to(input_ids.device)], dim=1)
+        mask = torch.cat([attention_mask, torch.ones_like(sequences[:, input_ids.shape[1]:])], dim=1)
+        logits = policy(input_ids=sequences, attention_mask=mask,
+                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, input_ids.shape[1] - 1: -1]
+        return GenerateDecoderOnlyOutput(sequences=sequences, logits=tuple(logits.unbind(1)))
 
     monkeypatch.setattr(policy, "generate", generate)
 
 
 def force_eos(monkeypatch, trainer, eos_at: list[int | None]) -> None:
-    """Sample for real, then overwrite response position `eos_at[i]` of row i with EOS (None: leave the row)."""
+    """Sample for real, then overwrite response position `eos_at[i]` of row i with EOS (None: leave the row).
+
+    The logits at that position are the ones the EOS was drawn from, so the rollout's log-prob stays exact."""
     policy = trainer._unwrapped().policy
     real_generate = policy.generate
 
     def generate(input_ids, **kwargs):
         out = real_generate(input_ids=input_ids, **kwargs)
-        for row, at in enumerate(eos_at[: out.shape[0]]):
+        for row, at in enumerate(eos_at[: out.sequences.shape[0]]):
             if at is not None:
-                out[row, input_ids.shape[1] + at] = trainer.stop_token_id
+                out.sequences[row, input_ids.shape[1] + at] = trainer.stop_token_id
         return out
 
     monkeypatch.setattr(policy, "generate", generate)
@@ -227,10 +236,13 @@ def test_policy_equal_to_reference_gives_zero_kl_and_zero_non_score_reward(tok, 
     for estimator in ("k1", "k3"):
         trainer.args.kl_estimator = estimator
         exp = trainer.make_experience(trainer._prompt_batch(0))
-        assert torch.equal(exp["kl"], torch.zeros_like(exp["kl"]))
-        assert torch.equal(exp["non_score_rewards"], torch.zeros_like(exp["non_score_rewards"]))
-        assert torch.equal(exp["logprobs"], exp["ref_logprobs"])
-        assert_close(exp["rewards"].sum(1), exp["scores"], atol=1e-6)  # the score alone
+        # pi_RL's log-probs come from the sampling logits (KV cache), pi_SFT's from a full forward: equal up to
+        # float rounding, not bit for bit
+        assert exp["mask"].any()
+        assert_close(exp["logprobs"][exp["mask"]], exp["ref_logprobs"][exp["mask"]], atol=1e-5)
+        assert_close(exp["kl"], torch.zeros_like(exp["kl"]), atol=1e-5)
+        assert_close(exp["non_score_rewards"], torch.zeros_like(exp["non_score_rewards"]), atol=1e-5)
+        assert_close(exp["rewards"].sum(1), exp["scores"], atol=1e-5)  # the score alone
 
 
 def test_experience_matches_per_sequence_recomputation_and_is_zero_at_pads(tok, prompts, tmp_path, monkeypatch):
@@ -271,7 +283,7 @@ def test_log_probs_values_and_scores_do_not_depend_on_left_padding(tok, prompts,
     trainer._setup(1)
     force_eos(monkeypatch, trainer, [2, None, 0, 3])
     queries = trainer._prompt_batch(0)
-    responses = trainer.generate_responses(queries)
+    responses, logprobs = trainer.generate_responses(queries)
     # strip the columns that are padding in every row: at least one row then has no left pad at all
     queries = queries[:, int((queries != tok.pad_token_id).any(0).nonzero()[0]):]
     assert (queries[:, 0] != tok.pad_token_id).any() and (queries[:, 0] == tok.pad_token_id).any()
@@ -279,15 +291,19 @@ def test_log_probs_values_and_scores_do_not_depend_on_left_padding(tok, prompts,
     a = trainer.score_rollout(queries, responses)
     b = trainer.score_rollout(torch.cat([extra, queries], 1), responses)
     mask = responses != tok.pad_token_id
-    for key in ("logprobs", "ref_logprobs", "values"):
+    for key in ("ref_logprobs", "values"):
         assert_close(b[key][mask], a[key][mask], atol=1e-5)
     assert_close(b["scores"], a["scores"], atol=1e-5)
-    # and one row alone, with no padding anywhere in its prompt
+    # and one row alone, with no padding anywhere in its prompt, sampled and scored on its own
     row = 1
     q = queries[row][queries[row] != tok.pad_token_id][None]
     alone = trainer.score_rollout(q, responses[row:row + 1])
-    assert_close(alone["logprobs"][0][mask[row]], a["logprobs"][row][mask[row]], atol=1e-5)
+    assert_close(alone["ref_logprobs"][0][mask[row]], a["ref_logprobs"][row][mask[row]], atol=1e-5)
     assert_close(alone["scores"], a["scores"][row:row + 1], atol=1e-5)
+    fix_generation(monkeypatch, trainer, responses[row:row + 1])
+    alone_responses, alone_logprobs = trainer.generate_responses(q)
+    assert torch.equal(alone_responses, responses[row:row + 1])
+    assert_close(alone_logprobs[0][mask[row]], logprobs[row][mask[row]], atol=1e-5)
 
 
 def test_truncation_after_eos_and_missing_eos_penalty_counts_response_tokens_only(tok, prompts, tmp_path,
@@ -306,12 +322,15 @@ def test_truncation_after_eos_and_missing_eos_penalty_counts_response_tokens_onl
     fix_generation(monkeypatch, trainer, raw)
     queries = trainer._prompt_batch(0)
     queries[1, -2] = eos  # an EOS inside the prompt must not count as the response's
-    responses = trainer.generate_responses(queries)
+    responses, _ = trainer.generate_responses(queries)
     assert responses.tolist() == [[a, b, eos, pad, pad, pad], [a, b, c, d, pad, pad],
                                   [a, pad, pad, pad, pad, pad], [eos, pad, pad, pad, pad, pad]]
 
     exp = trainer.make_experience(queries)
-    assert torch.equal(exp["responses"], responses)
+    # the two columns that are padding in every row are dropped before scoring: nothing reads them
+    assert torch.equal(exp["responses"], responses[:, :4])
+    for key in ("logprobs", "ref_logprobs", "values", "rewards", "advantages", "query_responses"):
+        assert exp[key].shape[1] == (queries.shape[1] + 4 if key == "query_responses" else 4), key
     assert exp["mask"].sum(1).tolist() == [3, 4, 1, 1]
     rm = trainer.reward_model
     with torch.no_grad():

@@ -215,3 +215,20 @@ def test_trust_remote_code_defaults_to_false(gpt2_like_dir, tmp_path):
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_model(model_config(custom), load_tokenizer(str(custom)))
     assert not sentinel.exists()
+
+
+def test_fused_gelu_is_the_same_function_and_leaves_the_saved_config_alone(demo_dir, tmp_path):
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from rlhf_recipes.models import use_fused_gelu
+
+    tokenizer = load_tokenizer(str(demo_dir / "base"))
+    model = load_model(model_config(demo_dir / "base"), tokenizer)
+    before = logits(model, tokenizer)
+    assert use_fused_gelu(model) == model.config.n_layer
+    assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+    assert sum(isinstance(m, GELUTanh) for m in model.modules()) == model.config.n_layer
+    torch.testing.assert_close(logits(model, tokenizer), before, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["activation_function"] == "gelu_new"
+    assert use_fused_gelu(model) == 0  # idempotent

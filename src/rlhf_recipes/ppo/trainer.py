@@ -3,9 +3,9 @@
 One call to `train()` repeats this *update* until `total_episodes` are seen (the math is in `core.py`):
 
     1. rollout    sample y ~ pi_RL(.|x) for a batch of prompts x (KV cache, top_k=0, top_p=1, temperature),
-                  truncate after the first EOS and pad the rest
-    2. score      log pi_RL(y|x), log pi_SFT(y|x) (the frozen reference; the disabled adapter under LoRA),
-                  values V(x, y_<t), and the normalised reward r(x, y) read at the EOS
+                  truncate after the first EOS and pad the rest; log pi_RL(y|x) from the sampling logits
+    2. score      log pi_SFT(y|x) (the frozen reference; the disabled adapter under LoRA), values V(x, y_<t),
+                  and the normalised reward r(x, y) read at the EOS
     3. rewards    per token: -beta * KL_t, plus r(x, y) at the last token;  GAE(gamma, lam) -> advantages, returns
     4. optimise   num_ppo_epochs x num_mini_batches shuffled minibatches of the clipped policy loss
                   + vf_coef * clipped value loss + ptx_coef * pretraining LM loss, in one optimizer step
@@ -31,7 +31,7 @@ from transformers.trainer_callback import ExportableState
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 
 from ..checkpoints import AtomicCheckpointMixin, NonFiniteError
-from ..models import disable_dropout, reward_scores
+from ..models import disable_dropout, reward_scores, use_fused_gelu
 from . import core
 from .config import PPOConfig
 
@@ -70,10 +70,11 @@ class PolicyAndValue(nn.Module):
         for module in (self.policy, self.value_model):
             module.gradient_checkpointing_disable()
 
-    def forward(self, input_ids, attention_mask, position_ids, ptx_input_ids=None, ptx_attention_mask=None,
-                ptx_labels=None):
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, ptx_input_ids=None,
+                ptx_attention_mask=None, ptx_labels=None):
+        # logits_to_keep = response length + 1: the LM head runs on the positions PPO reads, not on the prompt's.
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=False).logits
+                             use_cache=False, logits_to_keep=logits_to_keep).logits
         values = compute_values(self.value_model, input_ids, attention_mask, position_ids)
         ptx_loss = None
         if ptx_input_ids is not None:
@@ -118,6 +119,7 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         for module in (model, ref_model, reward_model, value_model):
             if module is not None:
                 disable_dropout(module)
+                use_fused_gelu(module)
         wrapper = PolicyAndValue(model, value_model)
         if args.gradient_checkpointing:
             wrapper.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs)
@@ -220,62 +222,61 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
     # Rollout and scoring (no gradients)
     # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_responses(self, queries: torch.Tensor) -> torch.Tensor:
-        """Sample responses with the KV cache; truncate after the first stop token and pad the rest."""
+    def generate_responses(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample responses with the KV cache; truncate after the first stop token and pad the rest.
+
+        Also returns log pi_RL(y_t | x, y_<t) from the logits `generate` computed while sampling (raw, before the
+        temperature warper; divided by the temperature here), so the rollout needs no second policy forward.
+        Positions after the end of a response hold whatever was computed there; the mask drops them.
+        """
         chunk = self.args.local_rollout_forward_batch_size
-        responses = []
+        width = self.args.response_length
+        padded = torch.full((queries.shape[0], width), self.pad_token_id, dtype=torch.long, device=queries.device)
+        logprobs = torch.zeros((queries.shape[0], width), dtype=torch.float, device=queries.device)
         with unwrap_model_for_generation(self.model, self.accelerator,
                                          gather_deepspeed3_params=self.args.ds3_gather_for_generation) as unwrapped:
             policy = unwrapped.policy
             for i in range(0, queries.shape[0], chunk):
                 q = queries[i: i + chunk]
                 output = policy.generate(input_ids=q, attention_mask=(q != self.pad_token_id).long(),
-                                         generation_config=self.generation_config)
-                responses.append(output[:, q.shape[1]:])
-        width = self.args.response_length
-        padded = torch.full((queries.shape[0], width), self.pad_token_id, dtype=torch.long, device=queries.device)
-        row = 0
-        for r in responses:
-            padded[row: row + r.shape[0], : r.shape[1]] = r
-            row += r.shape[0]
+                                         generation_config=self.generation_config, return_dict_in_generate=True,
+                                         output_logits=True)
+                response = output.sequences[:, q.shape[1]:]
+                steps = response.shape[1]  # fewer than `width` when every row stopped early
+                logits = torch.stack(output.logits, dim=1).float() / (self.args.temperature + 1e-7)
+                padded[i: i + q.shape[0], :steps] = response
+                logprobs[i: i + q.shape[0], :steps] = core.logprobs_from_logits(logits, response)
+                del output, logits
         if self.stop_token_id is not None:
             padded = core.truncate_after_stop_token(padded, self.stop_token_id, self.pad_token_id)
         # Anything after the first pad is padding, even if the policy sampled the pad token itself.
         first_pad = core.first_true_indices(padded == self.pad_token_id)
         keep = torch.arange(width, device=padded.device)[None, :] < first_pad[:, None]
-        return torch.where(keep, padded, torch.full_like(padded, self.pad_token_id))
+        return torch.where(keep, padded, torch.full_like(padded, self.pad_token_id)), logprobs
 
-    def _forward_logprobs(self, model_call, query_responses, attention_mask, position_ids, context_length,
-                          responses):
-        logits = model_call(query_responses, attention_mask, position_ids)
-        logits = logits[:, context_length - 1: -1].float() / (self.args.temperature + 1e-7)
+    def _forward_logprobs(self, model, query_responses, attention_mask, position_ids, responses) -> torch.Tensor:
+        logits = model(input_ids=query_responses, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False, logits_to_keep=responses.shape[1] + 1).logits
+        logits = logits[:, :-1].float() / (self.args.temperature + 1e-7)
         return core.logprobs_from_logits(logits, responses)
 
     @torch.no_grad()
     def score_rollout(self, queries: torch.Tensor, responses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Log-probs under pi_RL and pi_SFT, values and the normalised score r(x, y), in chunks."""
-        args = self.args
+        """Log-probs under pi_SFT (the disabled adapter under LoRA), values and the normalised score r(x, y)."""
         context_length = queries.shape[1]
         unwrapped = self._unwrapped()
         out = defaultdict(list)
-        chunk = args.local_rollout_forward_batch_size
+        chunk = self.args.local_rollout_forward_batch_size
         for i in range(0, queries.shape[0], chunk):
             q, r = queries[i: i + chunk], responses[i: i + chunk]
             qr = torch.cat([q, r], dim=1)
             attention_mask = (qr != self.pad_token_id).long()
             position_ids = position_ids_from(attention_mask)
-
-            def policy_logits(ids, mask, pos, module=unwrapped.policy):
-                return module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-
-            out["logprobs"].append(self._forward_logprobs(policy_logits, qr, attention_mask, position_ids,
-                                                          context_length, r))
             if self.ref_model is None:
                 with unwrapped.policy.disable_adapter():
-                    ref = self._forward_logprobs(policy_logits, qr, attention_mask, position_ids, context_length, r)
+                    ref = self._forward_logprobs(unwrapped.policy, qr, attention_mask, position_ids, r)
             else:
-                ref = self._forward_logprobs(lambda *a: policy_logits(*a, module=self.ref_model), qr,
-                                             attention_mask, position_ids, context_length, r)
+                ref = self._forward_logprobs(self.ref_model, qr, attention_mask, position_ids, r)
             out["ref_logprobs"].append(ref)
             values = compute_values(unwrapped.value_model, qr, attention_mask, position_ids)
             out["values"].append(values[:, context_length - 1: -1])
@@ -285,8 +286,13 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
     def make_experience(self, queries: torch.Tensor) -> dict[str, torch.Tensor]:
         """One batch of episodes with everything the PPO epochs need (steps 1-3 of the module docstring)."""
         args = self.args
-        responses = self.generate_responses(queries)
+        responses, logprobs = self.generate_responses(queries)
+        # Columns that are padding in every row change nothing (causal attention, masked losses, zero rewards and
+        # values past the end): drop them, so scoring and the PPO epochs cost what the longest response costs.
+        width = max(1, int((responses != self.pad_token_id).sum(1).max()))
+        responses, logprobs = responses[:, :width], logprobs[:, :width]
         scored = self.score_rollout(queries, responses)
+        scored["logprobs"] = logprobs
         mask = responses != self.pad_token_id
         scores = scored["scores"]
         contains_stop = (responses == self.stop_token_id).any(-1) if self.stop_token_id is not None else None
@@ -318,8 +324,8 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         context_length = batch["queries"].shape[1]
         ptx = self._ptx_batch(micro_step) or {}
         logits, vpred, ptx_loss = self.model(batch["query_responses"], batch["attention_mask"],
-                                             batch["position_ids"], **ptx)
-        logits = logits[:, context_length - 1: -1].float() / (args.temperature + 1e-7)
+                                             batch["position_ids"], batch["responses"].shape[1] + 1, **ptx)
+        logits = logits[:, :-1].float() / (args.temperature + 1e-7)
         new_logprobs = core.logprobs_from_logits(logits, batch["responses"])
         vpred = vpred[:, context_length - 1: -1]
         mask = batch["mask"]
