@@ -18,7 +18,9 @@ PPO holds four networks: policy and value trained, reference and reward frozen. 
 policy with its adapter disabled (no copy) and the value model is LoRA on its own frozen base, so: 3 frozen
 bases + adapters. Activations (bf16, per sequence of s tokens, per layer, Korthikanti et al. 2022 with SDPA so no
 s^2 term): 34 * s * d bytes; gradient checkpointing keeps 2 * s * d per layer plus one layer's full set. Logits:
-s * V * 10 bytes per sequence in a backward pass (bf16 logits, the fp32 copy for log-softmax and its gradient).
+V * 10 bytes per position that has them, per sequence in a backward pass (bf16 logits, the fp32 copy for
+log-softmax and its gradient): every position in SFT, only the response's (+1) in PPO, whose forwards pass
+`logits_to_keep`.
 """
 
 from __future__ import annotations
@@ -41,12 +43,10 @@ def lora_params(layers: int, width: int, r: int = 16) -> float:
     return layers * 2 * r * (width + 3 * width)  # c_attn: d -> 3d
 
 
-def activations(layers: int, width: int, seqs: int, seq_len: int, checkpointing: bool, logits: bool) -> float:
+def activations(layers: int, width: int, seqs: int, seq_len: int, checkpointing: bool, logit_positions: int) -> float:
     per_layer = 34 * seq_len * width * seqs
     act = (layers * 2 * seq_len * width * seqs + per_layer) if checkpointing else layers * per_layer
-    if logits:
-        act += seqs * seq_len * VOCAB * 10
-    return act
+    return act + seqs * logit_positions * VOCAB * 10
 
 
 def trained_bytes(psi: float, option: str, n_gpus: int) -> float:
@@ -66,7 +66,8 @@ def trained_bytes(psi: float, option: str, n_gpus: int) -> float:
 
 
 def stage_memory(size: str, stage: str, method: str, option: str = "bf16", n_gpus: int = 1,
-                 checkpointing: bool = False, micro_batch: int = 8, seq_len: int = 512) -> float:
+                 checkpointing: bool = False, micro_batch: int = 8, seq_len: int = 512,
+                 response_len: int = 128) -> float:
     """Peak bytes on one GPU, roughly."""
     layers, width, psi = SIZES[size]
     frozen_bytes = 0.55 if method == "qlora" else 2.0
@@ -78,18 +79,18 @@ def stage_memory(size: str, stage: str, method: str, option: str = "bf16", n_gpu
         frozen_bases = frozen_bytes * psi
     if stage == "sft":
         weights = trained + frozen_bases
-        act = activations(layers, width, micro_batch, seq_len, checkpointing, logits=True)
+        act = activations(layers, width, micro_batch, seq_len, checkpointing, logit_positions=seq_len)
     elif stage == "rm":
         weights = trained + frozen_bases
-        act = activations(layers, width, 2 * micro_batch, seq_len, checkpointing, logits=False)
+        act = activations(layers, width, 2 * micro_batch, seq_len, checkpointing, logit_positions=0)
     else:  # ppo: policy + value trained; reference + reward frozen (LoRA: reference = policy base)
         frozen_models = 2 * psi * (2 / n_gpus if option.startswith("zero3") else 2)
         if method == "full":
             weights = 2 * trained + frozen_models
         else:
             weights = 2 * trained + 3 * frozen_bases  # policy base (= reference), value base, reward
-        act = (activations(layers, width, micro_batch, seq_len, checkpointing, logits=True)
-               + activations(layers, width, micro_batch, seq_len, checkpointing, logits=False))
+        act = (activations(layers, width, micro_batch, seq_len, checkpointing, logit_positions=response_len + 1)
+               + activations(layers, width, micro_batch, seq_len, checkpointing, logit_positions=0))
     return weights + act + OVERHEAD_GIB * GIB
 
 

@@ -35,6 +35,7 @@ def main() -> int:
     parser.add_argument("--machine")
     parser.add_argument("--cache", default=str(HERE.parent / "runs" / "bench"))
     parser.add_argument("--no_write", action="store_true")
+    parser.add_argument("--shapes", action="store_true", help="group operators by input shapes too")
     args = parser.parse_args()
 
     import torch
@@ -51,7 +52,7 @@ def main() -> int:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    profiler = torch.profiler.profile(activities=activities)
+    profiler = torch.profiler.profile(activities=activities, record_shapes=args.shapes)
 
     class ProfileSecondUpdate(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -82,7 +83,8 @@ def main() -> int:
         module.main(*parse_recipe_args(module.DATACLASSES, argv))
     events = profiler.key_averages()
     phases = {e.key: e.cpu_time_total / 1e6 for e in events if e.key.startswith("## ")}
-    ops = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
+    ops = profiler.key_averages(group_by_input_shape=args.shapes).table(
+        sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=50, max_shapes_column_width=60)
     lines = [f"{k[3:]}: {v:.2f} s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])]
     print("\n".join(lines) + "\n\n" + ops)
     if not args.no_write:

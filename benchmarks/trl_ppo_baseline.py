@@ -199,6 +199,7 @@ def main() -> int:
     parser.add_argument("--cache", default=str(REPO / "runs" / "bench"))
     parser.add_argument("--setup_only", action="store_true")
     parser.add_argument("--no_write", action="store_true")
+    parser.add_argument("--output", help="results file (default benchmarks/results/<machine>-trl112-ppo.md)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--policy", help=argparse.SUPPRESS)
     parser.add_argument("--reward", help=argparse.SUPPRESS)
@@ -257,7 +258,7 @@ def main() -> int:
         "Per-run values:", "", "```json", json.dumps(runs, indent=1), "```", "", "Commands:", "", "```bash",
         *[f"# {k}\n{v}" for k, v in commands.items()], "```", ""])
     if not args.no_write:
-        out = HERE / "results" / f"{machine}-trl112-ppo.md"
+        out = Path(args.output) if args.output else HERE / "results" / f"{machine}-trl112-ppo.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(f"wrote {out}")
