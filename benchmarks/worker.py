@@ -10,7 +10,6 @@ recipe's trainer class for a subclass that adds timers: step ends through a call
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -26,11 +25,9 @@ RECIPE = {"sft": "sft", "rm": "reward", "ppo": "ppo"}
 
 
 def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from rlhf_recipes.config import load_recipe_module
+
+    return load_recipe_module(REPO / "recipes" / f"{name}.py")
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -5,9 +5,7 @@ Set RLHF_TEST_DEMO_DIR to a folder to reuse the built demo across sessions while
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -40,11 +38,9 @@ def hh_sample() -> Path:
 
 def load_recipe(name: str):
     """Import `recipes/<name>.py` as a module (recipes are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from rlhf_recipes.config import load_recipe_module
+
+    return load_recipe_module(REPO / "recipes" / f"{name}.py")
 
 
 def run_recipe(name: str, args: list[str]):

@@ -8,8 +8,11 @@ is an error that names the key and the file (TRL's message names neither the fil
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field, fields
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -116,3 +119,18 @@ def parse_recipe_args(dataclass_types: tuple[type, ...], args: list[str] | None 
 
 
 __all__ = ["ConfigError", "ModelConfig", "ScriptArguments", "check_config_keys", "parse_recipe_args"]
+
+
+def load_recipe_module(path: str | os.PathLike) -> ModuleType:
+    """Import a recipe script (`recipes/<stage>.py`) as a module, for code that calls its `main()` in-process.
+
+    Recipes are scripts beside the package, not part of it; the tests and benchmarks run them this way.
+    """
+    name = f"recipe_{os.path.splitext(os.path.basename(path))[0]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"No recipe script at {path}.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
