@@ -13,6 +13,7 @@ from trl import ModelConfig
 
 from rlhf_recipes.config import ScriptArguments, parse_recipe_args
 from rlhf_recipes.data import load_stage_dataset
+from rlhf_recipes.host_memory import keep_freed_memory
 from rlhf_recipes.models import load_model, load_tokenizer, write_reward_bias
 from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
 from rlhf_recipes.reward import (
@@ -26,6 +27,7 @@ from rlhf_recipes.reward import (
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> dict:
     check_hub_token(training_args)
+    keep_freed_memory()  # no page faults on every step for the memory the last step freed
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
                                trust_remote_code=training_args.trust_remote_code)
     # Leave at least half of the context to the response: longer prompts are cut from the left (or dropped).
