@@ -7,6 +7,7 @@ from trl import ModelConfig
 
 from rlhf_recipes.config import ScriptArguments, parse_recipe_args
 from rlhf_recipes.data import load_stage_dataset, tokenize_prompts, tokenize_texts
+from rlhf_recipes.host_memory import keep_freed_memory
 from rlhf_recipes.models import check_same_tokenizer, load_model, load_tokenizer
 from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
 from rlhf_recipes.ppo import PPOConfig, PPOTrainer
@@ -14,6 +15,7 @@ from rlhf_recipes.ppo import PPOConfig, PPOTrainer
 
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
     check_hub_token(training_args)
+    keep_freed_memory()  # no page faults on every step for the memory the last step freed
     sft_path = training_args.sft_model_path or model_args.model_name_or_path
     model_args.model_name_or_path = sft_path
     remote = training_args.trust_remote_code
