@@ -138,6 +138,7 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         self.generation_config = GenerationConfig(
             max_new_tokens=args.response_length, temperature=args.temperature + 1e-7, top_k=0, top_p=1.0,
             do_sample=True, eos_token_id=self.stop_token_id, pad_token_id=self.pad_token_id,
+            return_dict_in_generate=True, output_logits=True,  # the rollout's log-probs come from these logits
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -239,8 +240,7 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
             for i in range(0, queries.shape[0], chunk):
                 q = queries[i: i + chunk]
                 output = policy.generate(input_ids=q, attention_mask=(q != self.pad_token_id).long(),
-                                         generation_config=self.generation_config, return_dict_in_generate=True,
-                                         output_logits=True)
+                                         generation_config=self.generation_config)
                 response = output.sequences[:, q.shape[1]:]
                 steps = response.shape[1]  # fewer than `width` when every row stopped early
                 logits = torch.stack(output.logits, dim=1).float() / (self.args.temperature + 1e-7)
