@@ -30,6 +30,8 @@ NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
+# The harness imports the package too: work from a checkout without `pip install -e .` as well.
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 CASES="sft-124m-full-1proc,rm-124m-full-1proc,ppo-124m-full-1proc,ppo-124m-lora-1proc,sft-124m-full-zero2,ppo-124m-full-zero2"
 
 # The harness skips what would pass its budget (7 min); `timeout` is the hard stop before 8 minutes.

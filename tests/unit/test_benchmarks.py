@@ -106,6 +106,10 @@ def test_findings_ratio_of_lora_to_full_ppo_memory():
     assert "= 0.40 (meets the <= 0.6 target)" in line
     lora.peak_rss_mib = 4800.0
     assert "misses" in harness.findings([full, lora])[0]
+    # on a GPU the comparison is torch's peak allocation, whatever the host RSS did
+    full.peak_gpu_mib, lora.peak_gpu_mib = 7000.0, 2100.0
+    (line,) = harness.findings([full, lora])
+    assert line.startswith("PPO peak GPU memory") and "= 0.30 (meets" in line
 
 
 def test_markdown_table_escapes_pipes_and_formats_numbers():
