@@ -1,10 +1,10 @@
-"""A/B evidence for a PPO trainer speed-up: compute the LM head only where PPO reads it (the response positions).
+"""A/B evidence for a PPO trainer speed-up, now applied: compute the LM head only where PPO reads it.
 
-Our trainer's policy and reference forwards (`score_rollout`, and `PolicyAndValue.forward` in every PPO micro-step)
-compute logits for the whole prompt + response and then keep `logits[:, context_length - 1 : -1]`. GPT-2's LM head
-(d x 50258) is ~30% of a 124M forward per token, and PPO prompts are usually longer than the responses, so most of
-it is thrown away; the full-length fp32 logits also dominate activation memory. transformers' `logits_to_keep=k`
-computes only the last k positions. This script measures, on the 124M-shape model, a no-grad scoring forward and a
+The trainer's reference forward (`score_rollout`) and `PolicyAndValue.forward` (every PPO micro-step) used to
+compute logits for the whole prompt + response and keep `logits[:, context_length - 1 : -1]`; they now pass
+transformers' `logits_to_keep = response length + 1`. GPT-2's LM head (d x 50258) is ~30% of a 124M forward per
+token, so the saving grows with the prompt length; the full-length fp32 logits also dominated activation memory.
+This script measures, on the 124M-shape model, a no-grad scoring forward and a
 training forward + backward, with and without it, alternating A and B, and checks the log-probs are identical.
 
     python benchmarks/ab_logits_to_keep.py --prompt 112 --response 16 --repeats 3
