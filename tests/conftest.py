@@ -21,6 +21,18 @@ SHARED_HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-sample.json
 TEST_PRETRAIN_STEPS, TEST_PRETRAIN_BATCH = 150, 16
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Intra-op threads spin against each other on a small shared CPU (10x slower here); one is plenty for tests
+    of small models. Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     from rlhf_recipes.demo.build import build_demo

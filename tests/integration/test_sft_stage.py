@@ -21,13 +21,7 @@ DEMO_YAML = str(REPO / "recipes/demo/sft.yaml")
 N_TRAIN, N_EVAL = 384, 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Intra-op threads spin against each other on a small shared CPU (10x slower here); one is plenty for these."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sft_args(demo_dir: Path, out: Path, *extra: str) -> list[str]:

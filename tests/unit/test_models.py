@@ -21,13 +21,7 @@ from rlhf_recipes.models import PAD_TOKEN, load_model, load_tokenizer
 SENTENCE = "I rented this war film on a whim, and the acting was lovely."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Intra-op threads spin against each other on a small shared CPU (10x slower here); one is plenty for these."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
