@@ -5,15 +5,23 @@ folder that already exists. The token comes from the environment (`HF_TOKEN`) or
 flag or a file of ours. What goes up: weights as safetensors, config, tokenizer, the model card and metrics; for
 LoRA runs the adapter (and `merged/` when it was saved); for a reward model its `reward_normalization.json`; for
 PPO the value model, in the `value_model/` subfolder or, with `--value_repo_id`, as a repository of its own.
+
+The card's `base_model` is the repository the parent stage was pushed to (recorded in the parent's folder as
+`hub_repo.json`), else its nearest Hub ancestor, else absent: push the stages in order (SFT, reward, PPO) and
+each card links to its parent.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-# Never published: optimizer/RNG state, pickles, partial checkpoints, local logs.
-IGNORE_PATTERNS = ["checkpoint-*", "tmp-checkpoint-*", "*.pt", "*.pth", "*.bin", "runs/*", "_*"]
+from .model_card import HUB_REPO_FILE, SOURCES_FILE, refresh_card_metadata
+
+# Never published: optimizer/RNG state, pickles, partial checkpoints, local logs, local paths.
+IGNORE_PATTERNS = ["checkpoint-*", "tmp-checkpoint-*", "*.pt", "*.pth", "*.bin", "runs/*", "_*", SOURCES_FILE,
+                   HUB_REPO_FILE]
 
 
 def require_token() -> str:
@@ -38,6 +46,8 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = True, value_r
     value_dir = run_dir / "value_model"
     if value_repo_id and value_dir.is_dir():
         ignore.append("value_model/*")
+    # The Hub refuses a card whose base_model is not a Hub id; a parent pushed since training now has one.
+    refresh_card_metadata(run_dir)
     api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(folder_path=str(run_dir), repo_id=repo_id, ignore_patterns=ignore,
                       commit_message=commit_message or f"Upload {run_dir.name} with rlhf-recipes")
@@ -47,6 +57,8 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = True, value_r
         api.upload_folder(folder_path=str(value_dir), repo_id=value_repo_id, ignore_patterns=IGNORE_PATTERNS,
                           commit_message=f"Upload the PPO value model of {repo_id}")
         pushed.append(value_repo_id)
+    # Stages trained from this folder (now or later) name this repository as their base_model.
+    (run_dir / HUB_REPO_FILE).write_text(json.dumps({"repo_id": repo_id}) + "\n")
     return pushed
 
 

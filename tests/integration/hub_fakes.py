@@ -1,27 +1,40 @@
-"""A fake Hugging Face Hub for the publishing tests, patched in at `huggingface_hub`'s network boundary.
+"""A fake Hugging Face Hub for the publishing tests: a local HTTP stand-in plus patches at the upload boundary.
 
 Everything above the boundary runs for real: `HfApi.upload_folder` lists the folder and applies the ignore
-patterns, `Trainer.push_to_hub` saves and picks its files. What would go over HTTP is replaced:
+patterns, `Trainer.push_to_hub` saves and picks its files. `HF_ENDPOINT` points at a small HTTP server on
+127.0.0.1 that answers, over real HTTP, the two calls that decide whether the Hub takes a push:
 
-* `HfApi.create_repo`             records the repository (id, private, the token sent);
-* `HfApi._validate_yaml`          the Hub's check of the model card's metadata, done locally with PyYAML;
+* `POST /api/repos/create`        records the repository (id, private, the token sent); 409 when it exists;
+* `POST /api/validate-yaml`       the Hub's check of the model card's metadata: 400 with the Hub's message when
+                                  `base_model` is not the id of a model on the Hub (one created here or in
+                                  `FakeHub.models`) or `datasets` holds something that is not a Hub id.
+
+The file transfer itself (LFS/Xet and the commit call) is patched, because it is not what these tests are about:
+
 * `HfApi.run_as_future`           runs background uploads at once (and keeps their errors, which the Trainer
                                   would never look at);
 * `HfApi.create_commit` and
   `_upload_pipeline.pipelined_upload` (the path `upload_folder` takes when `hf_xet` is installed)
                                   record each commit: repository, message, token, and the bytes of every file.
 
-Any other request would hit `HF_HUB_OFFLINE=1` and fail the test.
+Any other request reaches the stand-in, which answers 404, and fails the test.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import re
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
+
+# What the Hub accepts as a repository id (namespace/name, or a legacy name without namespace).
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -37,6 +50,8 @@ class FakeHub:
     repos: dict[str, dict] = field(default_factory=dict)
     commits: list[Commit] = field(default_factory=list)
     errors: list[Exception] = field(default_factory=list)  # raised inside background (future) uploads
+    models: set[str] = field(default_factory=lambda: {"openai-community/gpt2"})  # public models "on the Hub"
+    refused_cards: list[str] = field(default_factory=list)  # the Hub's messages for cards it refused
 
     def files(self, repo_id: str) -> set[str]:
         """Every path ever uploaded to `repo_id`."""
@@ -46,6 +61,70 @@ class FakeHub:
         commits = [c for c in self.commits if c.repo_id == repo_id]
         assert commits, f"nothing was committed to {repo_id}; commits: {[c.repo_id for c in self.commits]}"
         return commits[-1]
+
+
+def _metadata_errors(hub: FakeHub, content: str) -> list[str]:
+    """The Hub's verdict on a README's metadata block: the messages it would answer 400 with."""
+    if not content.startswith("---\n"):
+        return []  # no metadata block at all is allowed
+    metadata = yaml.safe_load(content.split("---\n")[1])
+    if not isinstance(metadata, dict):
+        return [f"metadata must be a YAML mapping, got {metadata!r}"]
+    errors = []
+    base_models = metadata.get("base_model", [])
+    for base in [base_models] if isinstance(base_models, str) else base_models:
+        if not (isinstance(base, str) and HUB_ID.match(base) and (base in hub.models or base in hub.repos)):
+            errors.append(f'"base_model" with value "{base}" is not valid. Use a model id from https://hf.co/models')
+    datasets = metadata.get("datasets", [])
+    for dataset in [datasets] if isinstance(datasets, str) else datasets:
+        if not (isinstance(dataset, str) and HUB_ID.match(dataset)):
+            errors.append(f'"datasets" with value "{dataset}" is not valid. Use a dataset id from '
+                          "https://hf.co/datasets")
+    return errors
+
+
+class _HubHandler(BaseHTTPRequestHandler):
+    hub: FakeHub | None = None  # the FakeHub of the test being run
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        hub = type(self).hub
+        if self.path == "/api/repos/create":
+            repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
+            if repo_id in hub.repos:
+                return self._reply(409, {"error": "You already created this model repo", "url": repo_id})
+            hub.repos[repo_id] = {"private": body.get("visibility") == "private",
+                                  "authorization": self.headers.get("Authorization"),
+                                  "repo_type": body.get("type")}
+            return self._reply(200, {"url": f"http://{self.headers['Host']}/{repo_id}"})
+        if self.path == "/api/validate-yaml":
+            errors = _metadata_errors(hub, body.get("content", ""))
+            hub.refused_cards += errors
+            return self._reply(400 if errors else 200, {"errors": [{"message": e} for e in errors], "warnings": []})
+        return self._reply(404, {"error": f"the stand-in Hub does not serve POST {self.path}"})
+
+    def log_message(self, *args) -> None:  # keep the test output clean
+        pass
+
+
+_server: ThreadingHTTPServer | None = None
+
+
+def _endpoint() -> str:
+    """Start the stand-in once per test process (a daemon thread on 127.0.0.1, gone with the process)."""
+    global _server
+    if _server is None:
+        _server = ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
+        threading.Thread(target=_server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{_server.server_address[1]}"
 
 
 def _read(operation) -> bytes:
@@ -64,23 +143,23 @@ def _authorization(api, token) -> str | None:
 
 def install_fake_hub(monkeypatch) -> FakeHub:
     import huggingface_hub
-    from huggingface_hub import CommitInfo, HfApi, RepoUrl, _upload_pipeline
+    from huggingface_hub import CommitInfo, HfApi, _upload_pipeline, constants
     from huggingface_hub._commit_api import CommitOperationAdd
 
     hub = FakeHub()
+    _HubHandler.hub = hub
+    endpoint = _endpoint()
+    # HF_ENDPOINT is read when huggingface_hub is imported: set both. Requests may leave this process only for
+    # the stand-in, so offline mode is lifted for huggingface_hub alone.
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # Clients made before the test keep the endpoint they were made with: huggingface_hub's module-level one,
+    # and the one transformers shares (made again, with the stand-in's endpoint, on first use).
+    import transformers.utils.hub
 
-    def create_repo(self, repo_id, *, token=None, private=None, exist_ok=False, repo_type=None, **_):
-        assert "/" in repo_id, f"a Hub repo id is namespace/name, got {repo_id!r}"
-        hub.repos[repo_id] = {"private": private, "authorization": _authorization(self, token),
-                              "repo_type": repo_type}
-        return RepoUrl(f"{self.endpoint}/{repo_id}", endpoint=self.endpoint)
-
-    def validate_yaml(self, content, *, repo_type=None, token=None):
-        if not content.startswith("---\n"):
-            return  # no metadata block at all is allowed
-        metadata = yaml.safe_load(content.split("---\n")[1])
-        if not isinstance(metadata, dict):
-            raise ValueError(f"Invalid metadata in README.md: {metadata!r}")
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
 
     def record(api, repo_id, operations, commit_message, token) -> CommitInfo:
         if repo_id not in hub.repos:
@@ -108,8 +187,6 @@ def install_fake_hub(monkeypatch) -> FakeHub:
         return future
 
     monkeypatch.setattr(HfApi, "run_as_future", run_now)
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "_validate_yaml", validate_yaml)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     monkeypatch.setattr(_upload_pipeline, "pipelined_upload", pipelined_upload)
     assert huggingface_hub.HfApi is HfApi

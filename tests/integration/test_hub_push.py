@@ -218,3 +218,58 @@ def _card(run: Path, stage: str, base: Path) -> None:
 
     write_model_card(run, stage=stage, script_args=SimpleNamespace(dataset_name=None), model_args=_model_args(base),
                      training_args=SimpleNamespace(learning_rate=1e-3), metrics={}, command="recipes/reward.py")
+
+
+def _stage_folder(tmp_path: Path, name: str, weights_from: Path, stage: str, parent: str, dataset: str) -> Path:
+    """A stage folder as a recipe leaves it: weights, tokenizer and the card naming what it was trained from."""
+    from types import SimpleNamespace
+
+    from rlhf_recipes.model_card import write_model_card
+
+    run = tmp_path / name
+    shutil.copytree(weights_from, run, ignore=shutil.ignore_patterns("README.md", "card_sources.json"))
+    write_model_card(run, stage=stage, script_args=SimpleNamespace(dataset_name=dataset),
+                     model_args=_model_args(Path(parent)), training_args=SimpleNamespace(learning_rate=1e-3),
+                     metrics={}, command=f"recipes/{stage}.py")
+    return run
+
+
+def test_the_stand_in_refuses_a_card_whose_base_model_is_a_local_folder(fake_hub, sft_dir, tmp_path):
+    """What the Hub did to every demo stage's card before base_model became a Hub id."""
+    run = tmp_path / "sft"
+    shutil.copytree(sft_dir, run)
+    card = (run / "README.md").read_text().replace("library_name:", f"base_model: {sft_dir}\nlibrary_name:", 1)
+    (run / "README.md").write_text(card)
+    (run / "card_sources.json").unlink()  # a card from before: nothing to resolve it again from
+
+    with pytest.raises(ValueError, match=r"(?s)Invalid metadata in README.md.*\"base_model\" with value .* is not valid"):
+        hub.push_run(run, "me/old-card")
+    assert fake_hub.commits == [] and len(fake_hub.refused_cards) == 1
+
+
+def test_make_push_of_the_three_stages_in_order_links_each_card_to_its_parent(fake_hub, demo_dir, sft_dir,
+                                                                               tmp_path, capsys):
+    sft = _stage_folder(tmp_path, "sft", sft_dir, "sft", str(demo_dir / "base"), str(demo_dir / "data/sft"))
+    reward = _stage_folder(tmp_path, "reward", sft_dir, "reward", str(sft), str(demo_dir / "data/reward"))
+    ppo = _stage_folder(tmp_path, "ppo", sft_dir, "ppo", str(sft), "me/prompts")
+    # Trained before anything was pushed: no card can name a Hub repository yet, and none names a local folder.
+    for run in (sft, reward, ppo):
+        assert "base_model" not in card_metadata((run / "README.md").read_bytes())
+
+    for stage, run, repo in (("sft", sft, "me/demo-sft"), ("reward", reward, "me/demo-rm"), ("ppo", ppo, "me/demo-ppo")):
+        hub.main([stage, str(run), "--repo_id", repo])  # what `make push STAGE=... RUN=... ARGS=--repo_id ...` runs
+
+    assert fake_hub.refused_cards == [] and fake_hub.errors == []
+    assert all(fake_hub.repos[r]["private"] is True for r in ("me/demo-sft", "me/demo-rm", "me/demo-ppo"))
+    cards = {repo: card_metadata(fake_hub.last_commit(repo).files["README.md"])
+             for repo in ("me/demo-sft", "me/demo-rm", "me/demo-ppo")}
+    assert "base_model" not in cards["me/demo-sft"]  # its parent, the demo's base model, is on no Hub
+    assert cards["me/demo-rm"]["base_model"] == "me/demo-sft"  # the reward model and PPO start from the SFT model
+    assert cards["me/demo-ppo"]["base_model"] == "me/demo-sft"
+    assert "datasets" not in cards["me/demo-rm"] and cards["me/demo-ppo"]["datasets"] == ["me/prompts"]
+    assert (sft / "hub_repo.json").is_file()
+    for repo in cards:  # local bookkeeping and local paths stay local
+        assert not {"hub_repo.json", "card_sources.json"} & fake_hub.files(repo)
+        assert str(tmp_path) not in yaml.safe_dump(cards[repo])
+    printed = capsys.readouterr()
+    assert TOKEN not in printed.out + printed.err
