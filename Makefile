@@ -12,8 +12,14 @@ ARGS ?=
 # torch is installed first and kept if present; 2.13.0 is the version this project is tested with (the CPU wheel
 # here). On a GPU machine pick the build for your CUDA, e.g. TORCH="torch --index-url .../cu128".
 TORCH ?= torch==2.13.0
+# The extras `make install` (and CI) installs; `make lock` pins the closure of exactly these.
+EXTRAS ?= dev,deepspeed,quantization
+# The tested versions of every other package (`make lock` writes it); `make install-latest` ignores it.
+CONSTRAINTS ?= constraints.txt
 RUN ?=
 STAGE ?=
+# The committed summary of `make demo` that the README shows and `make check-demo` compares with.
+DEMO_RESULTS ?= results/demo.md
 # The demo runs on a laptop CPU: one thread per process avoids oversubscribing small cores.
 DEMO_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 LAUNCH = $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES)
@@ -21,7 +27,7 @@ ifeq ($(MODEL),demo)
 LAUNCH += --mixed_precision no
 endif
 
-.PHONY: install demo sft reward ppo pipeline eval plots push test test-all lint bench clean
+.PHONY: install install-latest lock demo demo-results check-demo sft reward ppo pipeline eval plots push test test-all lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +35,22 @@ $(BIN)/activate:
 install: $(BIN)/activate
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[dev,deepspeed,quantization]"
+	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	touch $(BIN)/rlhf-installed
 
-$(BIN)/rlhf-installed: pyproject.toml | $(BIN)/activate
+# The newest releases pyproject.toml allows (to use them, or to see what breaks); torch stays the installed one.
+install-latest: $(BIN)/activate
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(BIN)/pip install --upgrade --upgrade-strategy eager -c $(VENV)/torch-constraint.txt -e ".[$(EXTRAS)]"
+	touch $(BIN)/rlhf-installed
+
+# After an upgrade (or a new dependency) has passed `make test`: record the environment as the tested one.
+lock: $(BIN)/rlhf-installed
+	$(BIN)/python tools/lock.py $(EXTRAS) > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
+
+$(BIN)/rlhf-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
 	$(MAKE) install
 
 demo: $(BIN)/rlhf-installed
@@ -42,7 +60,15 @@ demo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/sft
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/reward
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/ppo
-	$(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR)
+	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --output $(DEMO_DIR)/summary.md
+
+# Run the demo and make its summary the committed results: results/demo.md and the README's demo section.
+demo-results: demo
+	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --output $(DEMO_RESULTS) --readme README.md
+
+# CI: run the demo and compare its numbers with the committed results (exact in the same environment).
+check-demo: demo
+	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --check $(DEMO_RESULTS)
 
 sft reward ppo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(ARGS)

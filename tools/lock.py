@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from importlib import metadata
+from pathlib import Path
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
@@ -20,6 +21,21 @@ from packaging.utils import canonicalize_name
 
 PROJECT = "rlhf-recipes"
 UNPINNED = {"torch", PROJECT}
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def _project_requirements() -> list[str]:
+    """The project's requirements as Requires-Dist lines, from pyproject.toml itself (an installed copy of the
+    metadata can be older than the file)."""
+    import tomllib
+
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    lines = list(project.get("dependencies", []))
+    for extra, requirements in project.get("optional-dependencies", {}).items():
+        for requirement in requirements:
+            spec, _, marker = requirement.partition(";")
+            lines.append(f"{spec}; ({marker}) and extra == '{extra}'" if marker else f"{spec}; extra == '{extra}'")
+    return lines
 
 
 def closure(extras: list[str]) -> dict[str, str]:
@@ -34,13 +50,17 @@ def closure(extras: list[str]) -> dict[str, str]:
             if (name, extra) in seen:
                 continue
             seen.add((name, extra))
-            try:
-                dist = metadata.distribution(name)
-            except metadata.PackageNotFoundError as err:
-                raise SystemExit(f"{name} is required but not installed: run `make install` first.") from err
-            if canonicalize_name(name) not in UNPINNED:
-                pinned[canonicalize_name(name)] = dist.version
-            for line in dist.requires or []:
+            if name == PROJECT:
+                requires = _project_requirements()
+            else:
+                try:
+                    dist = metadata.distribution(name)
+                except metadata.PackageNotFoundError as err:
+                    raise SystemExit(f"{name} is required but not installed: run `make install` first.") from err
+                requires = dist.requires or []
+                if canonicalize_name(name) not in UNPINNED:
+                    pinned[canonicalize_name(name)] = dist.version
+            for line in requires:
                 req = Requirement(line)
                 if req.marker and not req.marker.evaluate({**environment, "extra": extra}):
                     continue

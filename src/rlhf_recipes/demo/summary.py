@@ -1,50 +1,183 @@
-"""Print what each stage of a pipeline run achieved (`make demo` ends with this).
+"""What each stage of a pipeline run achieved, as a markdown results file (`make demo` ends with this).
 
-    python -m rlhf_recipes.demo.summary runs/demo
+    python -m rlhf_recipes.demo.summary runs/demo                                  # print it
+    python -m rlhf_recipes.demo.summary runs/demo --output runs/demo/summary.md    # and write it
+    python -m rlhf_recipes.demo.summary runs/demo --output results/demo.md --readme README.md   # make demo-results
+    python -m rlhf_recipes.demo.summary runs/demo --check results/demo.md          # make check-demo
+
+The file holds the environment it ran in (package versions, CPU, threads), the stage table and the held-out
+evaluation. `--readme` copies it between the README's `<!-- begin results/demo.md -->` / `<!-- end ... -->`
+markers, so the README's demo numbers are never typed. `--check` compares a run with a committed file: every
+number must match exactly when the environment is the same, and within CROSS_ENVIRONMENT_TOLERANCE otherwise.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import platform
+import re
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from ..evaluation_metrics import markdown_table
 
 STAGE_FIELDS = {
-    "sft": [("held-out loss before", "eval_loss_before"), ("held-out loss after", "eval_loss_after")],
-    "reward": [("held-out accuracy", "eval_accuracy"), ("held-out margin", "eval_margin"),
-               ("normalisation bias", "reward_bias")],
-    "ppo": [("final KL", "objective/kl"), ("final KL coef", "objective/kl_coef"),
-            ("final RM score (train batch)", "objective/scores")],
+    "base": ("pretraining.json", [("pretraining loss, first step", "first_loss"),
+                                  ("pretraining loss, last step", "final_loss"), ("pretraining steps", "steps")]),
+    "sft": ("stage_metrics.json", [("held-out loss before", "eval_loss_before"),
+                                   ("held-out loss after", "eval_loss_after")]),
+    "reward": ("stage_metrics.json", [("held-out accuracy before", "eval_accuracy_before"),
+                                      ("held-out accuracy", "eval_accuracy"), ("held-out margin", "eval_margin"),
+                                      ("normalisation bias", "reward_bias")]),
+    "ppo": ("stage_metrics.json", [("final KL", "objective/kl"), ("final KL coef", "objective/kl_coef"),
+                                   ("final RM score (train batch)", "objective/scores")]),
 }
+EVAL_COLUMNS = ("policy", "rm_score_mean", "labeler_score", "win_rate_vs_first", "kl_to_reference",
+                "response_length", "distinct_2", "eos_fraction")
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "numpy")
+ENVIRONMENT_HEADING = "#### Environment"
+# Measured (README, "Tests"): the same demo with OMP_NUM_THREADS=1 and =2 on one CPU, i.e. the same math summed in
+# a different order, as another CPU or library build would. Relative to the committed value, plus an absolute floor
+# for values near 0 (a win rate or KL of 0, a bias).
+CROSS_ENVIRONMENT_TOLERANCE = {"rtol": 0.10, "atol": 0.05}
+
+
+def environment() -> list[dict]:
+    rows = [{"item": "python", "value": platform.python_version()}]
+    for package in PACKAGES:
+        try:
+            rows.append({"item": package, "value": metadata.version(package)})
+        except metadata.PackageNotFoundError:
+            pass
+    rows += [{"item": "CPU", "value": f"{_cpu_model()}, {os.cpu_count()} logical cores"},
+             {"item": "OMP_NUM_THREADS", "value": os.environ.get("OMP_NUM_THREADS", "unset")}]
+    return rows
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def summarize(run_root: str | Path) -> str:
     run_root = Path(run_root)
     rows = []
-    for stage, fields in STAGE_FIELDS.items():
-        metrics_file = run_root / stage / "stage_metrics.json"
+    for stage, (file_name, fields) in STAGE_FIELDS.items():
+        metrics_file = run_root / stage / file_name
         if not metrics_file.is_file():
             continue
         metrics = json.loads(metrics_file.read_text())
         for label, key in fields:
             if key in metrics:
                 rows.append({"stage": stage, "metric": label, "value": metrics[key]})
-    text = ["## Pipeline summary", "", markdown_table(rows, ["stage", "metric", "value"])]
+    text = [f"Written by `python -m rlhf_recipes.demo.summary {run_root}` at the end of `make demo` (seed 42).", "",
+            ENVIRONMENT_HEADING, "", markdown_table(environment(), ["item", "value"]), "",
+            "#### Pipeline summary", "", markdown_table(rows, ["stage", "metric", "value"])]
     eval_file = run_root / "eval" / "eval_results.json"
     if eval_file.is_file():
         results = json.loads(eval_file.read_text())["results"]
-        columns = [c for c in ("policy", "rm_score_mean", "labeler_score", "win_rate_vs_first", "kl_to_reference",
-                               "response_length", "distinct_2", "eos_fraction") if any(c in r for r in results)]
-        text += ["", "## Held-out evaluation (reward model, simulated labeler, KL to SFT)", "",
+        columns = [c for c in EVAL_COLUMNS if any(c in r for r in results)]
+        text += ["", "#### Held-out evaluation (reward model, simulated labeler, KL to SFT)", "",
                  markdown_table(results, columns)]
-    return "\n".join(text)
+    return "\n".join(text) + "\n"
 
 
-def main() -> None:
-    print(summarize(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"))
+def _tables(text: str) -> dict[str, list[list[str]]]:
+    """heading -> rows of cells, for every markdown table in `text` (header and separator rows dropped)."""
+    tables: dict[str, list[list[str]]] = {}
+    heading = ""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            heading = line.strip()
+        elif line.startswith("|") and not set(line) <= set("|- "):
+            tables.setdefault(heading, []).append([cell.strip() for cell in line.strip("|").split("|")])
+    return tables
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def compare(run_text: str, committed_text: str) -> tuple[list[str], bool]:
+    """(differences, same_environment) between a fresh summary and the committed one.
+
+    Same environment: every cell must be equal. Otherwise numbers may differ by CROSS_ENVIRONMENT_TOLERANCE and
+    text cells must still be equal; the environment table itself is only reported.
+    """
+    run, committed = _tables(run_text), _tables(committed_text)
+    same_environment = run.get(ENVIRONMENT_HEADING) == committed.get(ENVIRONMENT_HEADING)
+    rtol, atol = (0.0, 0.0) if same_environment else (CROSS_ENVIRONMENT_TOLERANCE["rtol"],
+                                                      CROSS_ENVIRONMENT_TOLERANCE["atol"])
+    problems = []
+    for heading in sorted(set(run) | set(committed)):
+        if heading == ENVIRONMENT_HEADING:
+            continue
+        new, old = run.get(heading, []), committed.get(heading, [])
+        if len(new) != len(old):
+            problems.append(f"{heading}: {len(new)} rows now, {len(old)} committed")
+            continue
+        for row_new, row_old in zip(new, old):
+            for cell_new, cell_old in zip(row_new, row_old):
+                a, b = _number(cell_new), _number(cell_old)
+                if a is not None and b is not None:
+                    ok = abs(a - b) <= atol + rtol * abs(b)
+                else:
+                    ok = cell_new == cell_old
+                if not ok:
+                    problems.append(f"{heading} | {' | '.join(row_old[:2])}: {cell_new} now, {cell_old} committed")
+    return problems, same_environment
+
+
+def insert_into_readme(readme: Path, results_file: str, content: str) -> None:
+    """Replace what lies between `<!-- begin FILE -->` and `<!-- end FILE -->` in the README with `content`."""
+    begin, end = f"<!-- begin {results_file} -->", f"<!-- end {results_file} -->"
+    text = readme.read_text()
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"{readme} has no `{begin}` ... `{end}` markers to put {results_file} between.")
+    readme.write_text(pattern.sub(lambda _: f"{begin}\n{content.rstrip()}\n{end}", text, count=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_root", nargs="?", default="runs/demo")
+    parser.add_argument("--output", help="also write the summary to this markdown file")
+    parser.add_argument("--readme", help="copy the written file into this README between its markers")
+    parser.add_argument("--check", help="compare with this committed summary; exit 1 on a difference")
+    args = parser.parse_args(argv)
+    text = summarize(args.run_root)
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+    if args.readme:
+        if not args.output:
+            parser.error("--readme needs --output (the results file it shows)")
+        insert_into_readme(Path(args.readme), args.output, text)
+    if args.check:
+        problems, same_environment = compare(text, Path(args.check).read_text())
+        rule = "exactly (same environment)" if same_environment else (
+            f"within rtol={CROSS_ENVIRONMENT_TOLERANCE['rtol']}, atol={CROSS_ENVIRONMENT_TOLERANCE['atol']} "
+            "(the environment differs from the committed one)")
+        if problems:
+            print(f"The demo's numbers differ from {args.check}, compared {rule}:\n  " + "\n  ".join(problems)
+                  + f"\nIf the change is intended, run `make demo-results` and commit {args.check} and README.md.",
+                  file=sys.stderr)
+            return 1
+        print(f"The demo's numbers match {args.check} {rule}.")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
