@@ -3,6 +3,9 @@
     python recipes/evaluate.py --config recipes/demo/evaluate.yaml
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 from pathlib import Path
 
 from trl import ModelConfig

@@ -3,6 +3,9 @@
     accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml recipes/ppo.py --config recipes/gpt2/ppo.yaml
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 from trl import ModelConfig
 
 from rlhf_recipes.config import ScriptArguments, parse_recipe_args

@@ -8,6 +8,9 @@ training the model is normalised so that the reference set (the SFT demonstratio
         --config recipes/gpt2/reward.yaml
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 from transformers import set_seed
 from trl import ModelConfig
 

@@ -3,6 +3,9 @@
     accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml recipes/sft.py --config recipes/gpt2/sft.yaml
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig
 

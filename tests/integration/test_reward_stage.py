@@ -151,7 +151,7 @@ def test_ranking_pairs_vs_grouped(sft_dir, tmp_path):
     losses = {}
     for mode in ("pairs", "grouped"):
         args = RewardConfig(output_dir=str(tmp_path / mode), ranking_batching=mode, bf16=False,
-                            gradient_checkpointing=False, report_to="none", max_length=MAX_LENGTH,
+                            activation_checkpointing=False, report_to="none", max_length=MAX_LENGTH,
                             per_device_eval_batch_size=64)
         trainer = RewardTrainer(model=model, args=args, train_dataset=ranking, eval_dataset=ranking,
                                 processing_class=tokenizer)
@@ -214,7 +214,7 @@ def test_qlora_reward_model_trains_on_a_4bit_base(sft_dir, tmp_path):
     model = load_model(model_args, tokenizer, kind="reward")
     assert model.is_loaded_in_4bit
     ranking = Dataset.from_list([{"prompt": "This western", "responses": [" A brilliant film.", " It was dull."]}] * 8)
-    args = RewardConfig(output_dir=str(tmp_path), bf16=False, gradient_checkpointing=False, report_to="none",
+    args = RewardConfig(output_dir=str(tmp_path), bf16=False, activation_checkpointing=False, report_to="none",
                         max_length=MAX_LENGTH, max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2,
                         ranking_batching="grouped", save_strategy="no", logging_steps=1)
     trainer = RewardTrainer(model=model, args=args, train_dataset=ranking, processing_class=tokenizer)

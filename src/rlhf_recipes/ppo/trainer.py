@@ -56,19 +56,32 @@ class PolicyAndValue(nn.Module):
     def config(self):  # Trainer reads `model.config` in places
         return self.policy.config
 
-    # Gradient checkpointing applies to both networks; generation turns it off and back on through these.
+    # Activation checkpointing applies to both networks; generation turns it off and back on through these.
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return bool(getattr(self.policy, "is_activation_checkpointing", False))
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
+        for module in (self.policy, self.value_model):
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
+                                                   every_n_layers=every_n_layers, offload=offload)
+
+    def activation_checkpointing_disable(self) -> None:
+        for module in (self.policy, self.value_model):
+            module.activation_checkpointing_disable()
+
+    # TRL's unwrap_model_for_generation still calls the pre-transformers-5.25 names on the unwrapped model.
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.policy, "is_gradient_checkpointing", False))
+        return self.is_activation_checkpointing
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        for module in (self.policy, self.value_model):
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        for module in (self.policy, self.value_model):
-            module.gradient_checkpointing_disable()
+        self.activation_checkpointing_disable()
 
     def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, ptx_input_ids=None,
                 ptx_attention_mask=None, ptx_labels=None):
@@ -121,8 +134,8 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
                 disable_dropout(module)
                 use_fused_gelu(module)
         wrapper = PolicyAndValue(model, value_model)
-        if args.gradient_checkpointing:
-            wrapper.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs)
+        if args.activation_checkpointing:
+            wrapper.activation_checkpointing_enable(args.activation_checkpointing_kwargs)
         super().__init__(model=wrapper, args=args, processing_class=processing_class, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, callbacks=callbacks)
         self.ref_model, self.reward_model = ref_model, reward_model
@@ -235,7 +248,9 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         padded = torch.full((queries.shape[0], width), self.pad_token_id, dtype=torch.long, device=queries.device)
         logprobs = torch.zeros((queries.shape[0], width), dtype=torch.float, device=queries.device)
         with unwrap_model_for_generation(self.model, self.accelerator,
-                                         gather_deepspeed3_params=self.args.ds3_gather_for_generation) as unwrapped:
+                                         gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                         gradient_checkpointing_kwargs=self.args.activation_checkpointing_kwargs
+                                         ) as unwrapped:
             policy = unwrapped.policy
             for i in range(0, queries.shape[0], chunk):
                 q = queries[i: i + chunk]
