@@ -25,7 +25,7 @@ from pathlib import Path
 from ..evaluation_metrics import markdown_table
 
 STAGE_FIELDS = {
-    "base": ("pretraining.json", [("pretraining loss, first step", "first_loss"),
+    "base": ("pretraining.json", [("parameters", "parameters"), ("pretraining loss, first step", "first_loss"),
                                   ("pretraining loss, last step", "final_loss"), ("pretraining steps", "steps")]),
     "sft": ("stage_metrics.json", [("held-out loss before", "eval_loss_before"),
                                    ("held-out loss after", "eval_loss_after")]),
