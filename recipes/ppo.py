@@ -5,7 +5,7 @@
 
 from trl import ModelConfig
 
-from rlhf_recipes.config import ScriptArguments, run_main
+from rlhf_recipes.config import ConfigError, ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset, tokenize_prompts, tokenize_texts
 from rlhf_recipes.host_memory import keep_freed_memory
 from rlhf_recipes.models import check_lengths, check_same_tokenizer, load_model, load_tokenizer
@@ -16,6 +16,8 @@ from rlhf_recipes.ppo import PPOConfig, PPOTrainer
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
     check_hub_token(training_args)
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
+    if not training_args.reward_model_path:
+        raise ConfigError("PPO needs a reward model: set `reward_model_path` (the reward stage's output folder).")
     sft_path = training_args.sft_model_path or model_args.model_name_or_path
     model_args.model_name_or_path = sft_path
     remote = training_args.trust_remote_code

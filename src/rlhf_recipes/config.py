@@ -153,6 +153,13 @@ def run_main(main: Callable[..., Any], dataclass_types: tuple[type, ...], args: 
             if a != DEBUG_FLAG or (i + 1 < len(argv) and not argv[i + 1].startswith("--"))]
     try:
         return main(*parse_recipe_args(dataclass_types, argv))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        # Training loops turn SIGINT into a checkpoint and a stop (`preemption`); this is one before or after them.
+        print("\nInterrupted (SIGINT) outside a training loop: nothing to checkpoint. (exit code 130)",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
     except UserError as err:
         if debug:
             raise

@@ -612,7 +612,13 @@ def load_stage_dataset(
             max_length=max_length,
         )
         reports.append(report)
-    path = save_reports(reports, report_dir) if report_dir is not None else None
+    path = None
+    if report_dir is not None:
+        try:
+            path = save_reports(reports, report_dir)
+        except OSError as err:  # found now, before training, rather than at the first checkpoint
+            raise UserError(f"Cannot write to the output folder {report_dir}: {err}. Choose a writable "
+                            "`output_dir` (and check the disk is not full).") from err
     for report in reports:
         log_report(report, path)
     if "test" not in result and script_args.eval_split_size > 0:

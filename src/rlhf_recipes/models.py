@@ -61,8 +61,17 @@ def check_model_source(name_or_path: str, what: str = "model", revision: str = "
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
     from huggingface_hub.utils import validate_repo_id
 
+    if not name_or_path or not str(name_or_path).strip():
+        raise ConfigError(f"No {what} given: set `model_name_or_path` (or the stage's model path) in the recipe.")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        markers = ("config.json", "adapter_config.json", "tokenizer_config.json", "tokenizer.json")
+        if not any((path / marker).is_file() for marker in markers):
+            checkpoints = sorted(p.name for p in path.glob("checkpoint-*") if p.is_dir())
+            hint = (f" It holds {', '.join(checkpoints)}: the run did not finish; resume it with "
+                    "--resume_from_checkpoint latest, or point at one of those folders." if checkpoints else "")
+            raise ModelError(f"The {what} folder {name_or_path} holds no model (no config.json, adapter_config.json "
+                             f"or tokenizer files).{hint} Give the folder a finished stage saved.")
         return
     if path.exists():
         raise ModelError(f"The {what} path {name_or_path} is a file; give the folder that holds config.json and the "
@@ -131,6 +140,8 @@ def check_lengths(args, model_paths: str | list[str | None], *, stage: str, gene
         if value is None and name in fill_unset:
             logger.warning("%s: %s is unset; using %d, %s.", stage, name, context, where)
             setattr(args, name, context)
+        elif isinstance(value, int) and value < 1:
+            problems.append(f"{name} must be at least 1, got {value}")
         elif isinstance(value, int) and value > context:
             problems.append(f"{name} {value} is longer than {where}; set it to at most {context}")
     if generation is not None:

@@ -56,6 +56,17 @@ def test_an_uncached_hub_id_offline_names_hf_hub_offline(monkeypatch):
     assert "not in the local cache" in message and "HF_HUB_OFFLINE=1" in message
 
 
+def test_an_empty_name_and_a_folder_without_a_model(tmp_path):
+    with pytest.raises(ConfigError, match="No tokenizer given"):
+        load_tokenizer("")
+    unfinished = tmp_path / "sft"
+    (unfinished / "checkpoint-30").mkdir(parents=True)
+    with pytest.raises(ModelError) as err:
+        load_tokenizer(str(unfinished))
+    assert f"folder {unfinished} holds no model" in str(err.value)
+    assert "It holds checkpoint-30: the run did not finish" in str(err.value)
+
+
 def test_a_file_instead_of_a_folder(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"x")
     with pytest.raises(ModelError, match="is a file; give the folder"):
@@ -76,12 +87,15 @@ def test_a_file_instead_of_a_folder(tmp_path):
     ("generation", {"max_prompt_length": 100, "max_completion_length": 40},
      ("max_prompt_length", "max_completion_length"), "max_prompt_length 100 + max_completion_length 40 = 140"),
     ("generation", {"max_new_tokens": 4096}, None, "max_new_tokens 4096 is longer than"),
+    ("PPO", {"response_length": 0}, (None, "response_length"), "response_length must be at least 1, got 0"),
+    ("SFT", {"max_length": -5}, None, "max_length must be at least 1, got -5"),
 ])
 def test_each_stage_refuses_lengths_beyond_the_context(demo_dir, stage, fields, generation, words):
     base = str(demo_dir / "base")
     with pytest.raises(ContextLengthError) as err:
         check_lengths(SimpleNamespace(**fields), [base, None], stage=stage, generation=generation)
-    assert str(err.value).startswith(f"{stage}: ") and words in str(err.value) and base in str(err.value)
+    assert str(err.value).startswith(f"{stage}: ") and words in str(err.value)
+    assert base in str(err.value) or "at least 1" in words
     assert isinstance(err.value, ConfigError)
 
 
@@ -141,6 +155,28 @@ def test_a_user_error_exits_2_with_one_paragraph_and_debug_shows_the_traceback(t
     monkeypatch.setenv("RLHF_DEBUG", "1")
     with pytest.raises(ModelError):
         run_sft_main(failing_sft_args(tmp_path))
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path):
+    from rlhf_recipes.config import ScriptArguments
+    from rlhf_recipes.data import load_stage_dataset
+
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "completion": " b"}) + "\n")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match=r"Cannot write to the output folder .*a-file/run.*writable `output_dir`"):
+        load_stage_dataset(ScriptArguments(dataset_name=str(data)), "sft", report_dir=tmp_path / "a-file" / "run")
+
+
+def test_ctrl_c_outside_a_training_loop_exits_130_quietly(capsys):
+    from rlhf_recipes.config import run_main
+
+    def main(*args):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, (), [])
+    assert stop.value.code == 130 and "nothing to checkpoint" in capsys.readouterr().err
 
 
 def test_a_programming_error_keeps_its_traceback():
