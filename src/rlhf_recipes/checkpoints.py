@@ -33,8 +33,8 @@ HASHED_SUFFIXES = (".safetensors",)  # the weights; optimizer and RNG state are 
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
-class NonFiniteError(RuntimeError):
-    """A loss, score or KL became NaN/inf; the message names the step and the quantity."""
+class NonFiniteError(UserError, RuntimeError):
+    """A loss, score or KL became NaN/inf; the message names the step and the quantity (and what to change)."""
 
 
 class CheckpointError(UserError):

@@ -104,7 +104,7 @@ def test_slurm_script():
     # Preemption: a signal before the time limit, a trap that stops the workers with a checkpoint, a requeue, and a
     # run that resumes from the newest good checkpoint by itself.
     assert "#SBATCH --signal=B:USR1@" in text and "#SBATCH --requeue" in text
-    assert "trap 'stop_training SIGUSR1' USR1" in text and "trap 'stop_training SIGTERM' TERM" in text
+    assert "trap 'REQUEUE=1; stop_training SIGUSR1' USR1" in text and "trap 'stop_training SIGTERM' TERM" in text
     assert 'pkill -TERM -P' in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
     assert "RESUME=${RESUME-latest}" in text and '--resume_from_checkpoint "$RESUME"' in text
     bash = shutil.which("bash")

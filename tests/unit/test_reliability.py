@@ -132,8 +132,10 @@ def test_recipe_max_length_beyond_the_context_stops_before_training_with_exit_co
 # User errors: one paragraph, exit code 2, no traceback unless asked; bugs keep their traceback
 # ---------------------------------------------------------------------------------------------------------------
 def test_user_errors_share_one_base():
+    from rlhf_recipes.checkpoints import NonFiniteError
+
     assert all(issubclass(cls, UserError) for cls in (ConfigError, DataError, ModelError, CheckpointError,
-                                                       ContextLengthError))
+                                                       ContextLengthError, NonFiniteError))
 
 
 def failing_sft_args(tmp_path) -> list[str]:
