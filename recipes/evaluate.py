@@ -10,18 +10,24 @@ from pathlib import Path
 
 from trl import ModelConfig
 
-from rlhf_recipes.config import ScriptArguments, parse_recipe_args
+from rlhf_recipes.config import ConfigError, ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset
 from rlhf_recipes.evaluation import EvalArguments, evaluate_policies, write_report
-from rlhf_recipes.models import load_model, load_tokenizer
+from rlhf_recipes.models import check_lengths, load_model, load_tokenizer
 
 
 def main(script_args: ScriptArguments, eval_args: EvalArguments, model_args: ModelConfig) -> list[dict]:
     if not eval_args.policy_paths:
-        raise ValueError("Give at least one policy with --policy_paths PATH [PATH ...].")
+        raise ConfigError("Give at least one policy with --policy_paths PATH [PATH ...].")
     remote = eval_args.trust_remote_code
     tokenizer = load_tokenizer(eval_args.policy_paths[0], trust_remote_code=remote, padding_side="left")
-    dataset, _ = load_stage_dataset(script_args, "prompts", seed=eval_args.seed)
+    context = check_lengths(eval_args, [*eval_args.policy_paths, eval_args.reward_model_path,
+                                        eval_args.reference_model_path], stage="evaluation",
+                            generation=(None, "response_length"), trust_remote_code=remote)
+    # Prompts are cut from the left so that prompt + response fits every model's context.
+    dataset, _ = load_stage_dataset(script_args, "prompts", seed=eval_args.seed, tokenizer=tokenizer,
+                                    max_prompt_tokens=context - eval_args.response_length,
+                                    report_dir=eval_args.output_dir)
     split = dataset["test"] if "test" in dataset else dataset["train"]
     prompts = split["prompt"][: eval_args.num_prompts]
 
@@ -49,4 +55,4 @@ def main(script_args: ScriptArguments, eval_args: EvalArguments, model_args: Mod
 DATACLASSES = (ScriptArguments, EvalArguments, ModelConfig)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)

@@ -8,10 +8,10 @@ import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time k
 # isort: split
 from trl import ModelConfig
 
-from rlhf_recipes.config import ScriptArguments, parse_recipe_args
+from rlhf_recipes.config import ConfigError, ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset, tokenize_prompts, tokenize_texts
 from rlhf_recipes.host_memory import keep_freed_memory
-from rlhf_recipes.models import check_same_tokenizer, load_model, load_tokenizer
+from rlhf_recipes.models import check_lengths, check_same_tokenizer, load_model, load_tokenizer
 from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
 from rlhf_recipes.ppo import PPOConfig, PPOTrainer
 
@@ -19,19 +19,22 @@ from rlhf_recipes.ppo import PPOConfig, PPOTrainer
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
     check_hub_token(training_args)
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
+    if not training_args.reward_model_path:
+        raise ConfigError("PPO needs a reward model: set `reward_model_path` (the reward stage's output folder).")
     sft_path = training_args.sft_model_path or model_args.model_name_or_path
     model_args.model_name_or_path = sft_path
     remote = training_args.trust_remote_code
     tokenizer = load_tokenizer(sft_path, revision=model_args.model_revision, trust_remote_code=remote,
                                padding_side="left")
     check_same_tokenizer(tokenizer, training_args.reward_model_path, trust_remote_code=remote)
-    context = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 1024
-    if training_args.response_length >= context:
-        raise ValueError(f"response_length {training_args.response_length} leaves no room for a prompt in the "
-                         f"{context}-token context of {sft_path}; lower it.")
+    # Every model reads prompt + response: the smallest context of the three bounds it.
+    context = check_lengths(training_args, [sft_path, training_args.reward_model_path, training_args.value_model_path],
+                            stage="PPO", generation=(None, "response_length"), revision=model_args.model_revision,
+                            trust_remote_code=remote)
     # Prompts are cut from the left so that prompt + response fits the context window.
     dataset, reports = load_stage_dataset(script_args, "prompts", tokenizer=tokenizer, seed=training_args.seed,
-                                          max_prompt_tokens=context - training_args.response_length)
+                                          max_prompt_tokens=context - training_args.response_length,
+                                          report_dir=training_args.output_dir)
     ptx_dataset = None
     if training_args.ptx_coef > 0:
         ptx_dataset = tokenize_texts(training_args.ptx_dataset, tokenizer, training_args.ptx_max_length)
@@ -63,4 +66,4 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
 DATACLASSES = (ScriptArguments, PPOConfig, ModelConfig)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)

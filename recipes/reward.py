@@ -14,10 +14,10 @@ import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time k
 from transformers import set_seed
 from trl import ModelConfig
 
-from rlhf_recipes.config import ScriptArguments, parse_recipe_args
+from rlhf_recipes.config import ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset
 from rlhf_recipes.host_memory import keep_freed_memory
-from rlhf_recipes.models import load_model, load_tokenizer, write_reward_bias
+from rlhf_recipes.models import check_lengths, load_model, load_tokenizer, write_reward_bias
 from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
 from rlhf_recipes.reward import (
     RewardConfig,
@@ -33,10 +33,13 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
                                trust_remote_code=training_args.trust_remote_code)
+    check_lengths(training_args, model_args.model_name_or_path, stage="reward model", fill_unset=("max_length",),
+                  revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code)
     # Leave at least half of the context to the response: longer prompts are cut from the left (or dropped).
     max_prompt_tokens = training_args.max_length // 2 if training_args.max_length else None
     dataset, reports = load_stage_dataset(script_args, "reward", tokenizer=tokenizer,
-                                          max_prompt_tokens=max_prompt_tokens, seed=training_args.seed)
+                                          max_prompt_tokens=max_prompt_tokens, seed=training_args.seed,
+                                          max_length=training_args.max_length, report_dir=training_args.output_dir)
     set_seed(training_args.seed)  # the scalar head is new: initialise it reproducibly
     model = load_model(model_args, tokenizer, kind="reward", trust_remote_code=training_args.trust_remote_code)
     trainer = RewardTrainer(model=model, args=training_args, train_dataset=dataset["train"],
@@ -77,4 +80,4 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
 DATACLASSES = (ScriptArguments, RewardConfig, ModelConfig)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)

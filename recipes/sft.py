@@ -9,10 +9,10 @@ import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time k
 from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig
 
-from rlhf_recipes.config import ScriptArguments, parse_recipe_args
+from rlhf_recipes.config import ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset
 from rlhf_recipes.host_memory import keep_freed_memory
-from rlhf_recipes.models import load_model, load_tokenizer
+from rlhf_recipes.models import check_lengths, load_model, load_tokenizer
 from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
 from rlhf_recipes.sft import SFTTrainer
 
@@ -33,9 +33,12 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
                                trust_remote_code=training_args.trust_remote_code)
+    check_lengths(training_args, model_args.model_name_or_path, stage="SFT", fill_unset=("max_length",),
+                  revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code)
     # Leave at least half of the context to the response: longer prompts are cut from the left (or dropped).
     dataset, reports = load_stage_dataset(script_args, "sft", tokenizer=tokenizer,
-                                          max_prompt_tokens=training_args.max_length // 2, seed=training_args.seed)
+                                          max_prompt_tokens=training_args.max_length // 2, seed=training_args.seed,
+                                          max_length=training_args.max_length, report_dir=training_args.output_dir)
     model = load_model(model_args, tokenizer, trust_remote_code=training_args.trust_remote_code)
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=dataset["train"],
                          eval_dataset=dataset.get("test"), processing_class=tokenizer)
@@ -62,4 +65,4 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
 DATACLASSES = (ScriptArguments, SFTConfig, ModelConfig)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)

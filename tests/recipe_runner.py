@@ -1,9 +1,13 @@
 """Run a recipe in a subprocess, optionally killing itself with SIGKILL in the middle of a checkpoint save.
 
-    python tests/recipe_runner.py [--kill-during-save STEP] <recipe> <recipe args...>
+    python tests/recipe_runner.py [--kill-during-save STEP] [--signal-during-step STEP[:RANK[:SIGNAL]]] \
+        <recipe> <recipe args...>
 
 With `--kill-during-save STEP` the process dies after the weights of checkpoint STEP are written but before its
-optimizer state is: the half-written checkpoint a power cut or an OOM kill would leave.
+optimizer state is: the half-written checkpoint a power cut or an OOM kill would leave. With
+`--signal-during-step STEP` the process sends itself SIGTERM (or SIGNAL) as step STEP begins, on every rank or only
+on RANK: a scheduler's preemption notice arriving mid-step, at a step the test knows. The run goes through the
+recipe's `run_main`, as on the command line (exit codes included).
 """
 
 import os
@@ -14,11 +18,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def signal_during_step(spec: str) -> None:
+    from transformers.trainer_callback import CallbackHandler
+
+    step, rank, name = (spec.split(":") + [None, None])[:3]
+    signum = getattr(signal, name or "SIGTERM")
+    original = CallbackHandler.on_step_begin
+
+    def on_step_begin(self, args, state, control):
+        if state.global_step + 1 == int(step) and rank in (None, os.environ.get("RANK", "0")):
+            os.kill(os.getpid(), signum)
+        return original(self, args, state, control)
+
+    CallbackHandler.on_step_begin = on_step_begin
+
+
 def main() -> None:
     args = sys.argv[1:]
     kill_step = None
     if args[0] == "--kill-during-save":
         kill_step, args = int(args[1]), args[2:]
+    if args[0] == "--signal-during-step":
+        signal_during_step(args[1])
+        args = args[2:]
     if kill_step is not None:
         from transformers import Trainer
 
@@ -30,9 +52,12 @@ def main() -> None:
             return original(self, output_dir)
 
         Trainer._save_optimizer_and_scheduler = save_then_die
-    from conftest import run_recipe
+    from conftest import load_recipe
 
-    run_recipe(args[0], args[1:])
+    from rlhf_recipes.config import run_main
+
+    module = load_recipe(args[0])
+    run_main(module.main, module.DATACLASSES, args[1:])
 
 
 if __name__ == "__main__":

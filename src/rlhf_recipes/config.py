@@ -11,6 +11,7 @@ import difflib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from types import ModuleType
 from typing import Any
@@ -20,7 +21,15 @@ from trl import ModelConfig, TrlParser
 from trl import ScriptArguments as TrlScriptArguments
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user fixes (a config key, a data row, a model path, a damaged checkpoint), not a bug.
+
+    `run_main` prints its message as one paragraph and exits with code 2, without a traceback (`--debug` or
+    RLHF_DEBUG=1 shows it). Every error class of this kind derives from it; programming errors do not.
+    """
+
+
+class ConfigError(UserError, ValueError):
     """A recipe's configuration is wrong; the message says which key, where, and how to fix it."""
 
 
@@ -103,22 +112,66 @@ def check_config_keys(config_path: str | os.PathLike, dataclass_types: tuple[typ
 
 def parse_recipe_args(dataclass_types: tuple[type, ...], args: list[str] | None = None) -> tuple[Any, ...]:
     """Parse `--config file.yaml` plus flags into one instance of each dataclass; unknown keys are errors."""
-    import sys
-
     argv = list(sys.argv[1:] if args is None else args)
     if "--config" in argv:
+        if argv.index("--config") + 1 >= len(argv):
+            raise ConfigError("`--config` needs a file: `--config recipes/<model>/<stage>.yaml`.")
         config_path = argv[argv.index("--config") + 1]
         check_config_keys(config_path, dataclass_types)
     parser = TrlParser(dataclass_types)
     try:
         return parser.parse_args_and_config(args=argv, fail_with_unknown_args=True)
+    except ConfigError:
+        raise
     except ValueError as err:
         if "Some specified arguments are not used" in str(err):
             raise ConfigError(f"{err}. Check the flag's spelling; `--help` lists every flag.") from err
-        raise
+        # The dataclasses' own checks (`__post_init__`) of values the user gave.
+        raise ConfigError(f"Invalid recipe arguments: {err}") from err
 
 
-__all__ = ["ConfigError", "ModelConfig", "ScriptArguments", "check_config_keys", "parse_recipe_args"]
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "RLHF_DEBUG"
+USER_ERROR_EXIT_CODE = 2
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+def run_main(main: Callable[..., Any], dataclass_types: tuple[type, ...], args: list[str] | None = None) -> Any:
+    """What every recipe's `if __name__ == "__main__":` calls: parse the arguments, run `main`, report errors.
+
+    A `UserError` ends the process with its message as one paragraph and exit code 2, no traceback; `--debug` (or
+    RLHF_DEBUG=1) shows the traceback. Other exceptions are bugs and keep theirs. A preempted run (SIGTERM/SIGINT)
+    leaves through `preemption.Preempted`, a `SystemExit` with code 143/130.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = _debug_requested(argv)
+    # A bare `--debug` is ours; `--debug underflow_overflow` is TrainingArguments' own field, left to the parser.
+    argv = [a for i, a in enumerate(argv)
+            if a != DEBUG_FLAG or (i + 1 < len(argv) and not argv[i + 1].startswith("--"))]
+    try:
+        return main(*parse_recipe_args(dataclass_types, argv))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        # Training loops turn SIGINT into a checkpoint and a stop (`preemption`); this is one before or after them.
+        print("\nInterrupted (SIGINT) outside a training loop: nothing to checkpoint. (exit code 130)",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
+    except UserError as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split())  # one paragraph, whatever line breaks the message had
+        rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"{rank}error: {message}\n(exit code {USER_ERROR_EXIT_CODE}; add --debug or set {DEBUG_ENV}=1 for the "
+              "traceback)", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
+__all__ = ["ConfigError", "ModelConfig", "ScriptArguments", "UserError", "check_config_keys", "parse_recipe_args",
+           "run_main"]
 
 
 def load_recipe_module(path: str | os.PathLike) -> ModuleType:

@@ -36,6 +36,8 @@ from typing import Any, Literal
 
 from datasets import Dataset, DatasetDict, load_dataset
 
+from .config import UserError
+
 logger = logging.getLogger(__name__)
 
 HUMAN = "\n\nHuman:"
@@ -60,8 +62,17 @@ STAGE_FORMATS: dict[str, tuple[str, ...]] = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset problem; the message names the file, the row or column, and how to fix it."""
+
+
+# What each column the formats read must hold. A wrong type stops the run (the file is wrong, not one row); a null
+# or missing value is treated like an empty one (dropped or raised per `invalid_rows`).
+STRING_COLUMNS = ("prompt", "completion", "text", "chosen", "rejected")
+LIST_COLUMNS = {"responses": "a list of strings (best first)",
+                "messages": 'a list of {"role": ..., "content": ...} objects'}
+SHOWN_PROBLEMS = 5
+REPORT_FILE = "data_report.json"
 
 
 @dataclass
@@ -76,6 +87,7 @@ class DataReport:
     dropped: dict[str, list[int]] = field(default_factory=dict)
     noted: dict[str, list[int]] = field(default_factory=dict)
     truncated_prompts: int = 0
+    truncated_responses: int = 0
 
     def drop(self, reason: str, row: int) -> None:
         self.dropped.setdefault(reason, []).append(row)
@@ -89,10 +101,11 @@ class DataReport:
 
     def summary(self) -> str:
         lines = [f"{self.source} [{self.split}] for {self.stage}: read {self.rows_read}, kept {self.kept}, "
-                 f"dropped {self.num_dropped}, prompts truncated {self.truncated_prompts}"]
+                 f"dropped {self.num_dropped}, prompts truncated {self.truncated_prompts}, "
+                 f"responses truncated {self.truncated_responses}"]
         for title, table in (("dropped", self.dropped), ("kept, noted", self.noted)):
             for reason, rows in table.items():
-                shown = ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
+                shown = ", ".join(map(str, rows[:SHOWN_ROWS])) + (" ..." if len(rows) > SHOWN_ROWS else "")
                 lines.append(f"  {title}: {len(rows)} x {reason} (rows {shown})")
         return "\n".join(lines)
 
@@ -100,15 +113,117 @@ class DataReport:
         return {
             "source": self.source, "split": self.split, "stage": self.stage, "rows_read": self.rows_read,
             "kept": self.kept, "dropped": self.dropped, "noted": self.noted,
-            "truncated_prompts": self.truncated_prompts,
+            "truncated_prompts": self.truncated_prompts, "truncated_responses": self.truncated_responses,
         }
+
+    @property
+    def changed_anything(self) -> bool:
+        """Rows were dropped or cut, or kept with a quirk: worth a warning on the console, not just the log file."""
+        return bool(self.dropped or self.noted or self.truncated_prompts or self.truncated_responses)
+
+
+SHOWN_ROWS = 10
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Column types, checked row by row before anything reaches pyarrow or a trainer
+# ----------------------------------------------------------------------------------------------------------------
+def _describe(value: Any) -> str:
+    kind = ("null" if value is None else "a boolean" if isinstance(value, bool)
+            else "a number" if isinstance(value, (int, float)) else "a string" if isinstance(value, str)
+            else "a list" if isinstance(value, list) else "an object" if isinstance(value, dict)
+            else type(value).__name__)
+    shown = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return f"{kind} ({shown[:40]}{'...' if len(shown) > 40 else ''})"
+
+
+def column_type_problem(column: str, value: Any) -> str | None:
+    """Why `value` cannot be in `column` (a reserved column of the formats), or None. Null is not a type problem."""
+    if value is None:
+        return None
+    if column in STRING_COLUMNS:
+        return None if isinstance(value, str) else f"expected a string, got {_describe(value)}"
+    if column == "responses":
+        if not isinstance(value, list):
+            return f"expected {LIST_COLUMNS[column]}, got {_describe(value)}"
+        for i, item in enumerate(value, start=1):
+            if not isinstance(item, str):
+                return f"expected {LIST_COLUMNS[column]}, but response {i} is {_describe(item)}"
+        return None
+    if column == "messages":
+        if not isinstance(value, list):
+            return f"expected {LIST_COLUMNS[column]}, got {_describe(value)}"
+        for i, message in enumerate(value, start=1):
+            if not isinstance(message, dict):
+                return f"expected {LIST_COLUMNS[column]}, but message {i} is {_describe(message)}"
+            for key in ("role", "content"):
+                if key not in message or message[key] is None:
+                    return f"message {i} has no '{key}'"
+                if not isinstance(message[key], str):
+                    return f"message {i}'s '{key}' must be a string, got {_describe(message[key])}"
+        return None
+    return None
+
+
+def _raise_type_problems(problems: list[str], source: str) -> None:
+    if not problems:
+        return
+    more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""
+    raise DataError(
+        f"{source}: {len(problems)} value(s) of the wrong type, so the run was stopped before training: "
+        f"{'; '.join(problems[:SHOWN_PROBLEMS])}{more}. Fix these values in the file (each column holds one type), "
+        "or rename a column that is not meant for this loader."
+    )
+
+
+def check_row_types(rows: list[dict[str, Any]], source: str, unit: str = "row",
+                    numbers: list[int] | None = None) -> None:
+    """Refuse a wrong type in any reserved column of any row, naming the row (or line), the column and the type."""
+    problems = []
+    for index, row in enumerate(rows):
+        for column in (*STRING_COLUMNS, *LIST_COLUMNS):
+            problem = column_type_problem(column, row.get(column)) if column in row else None
+            if problem:
+                number = numbers[index] if numbers else index + 1
+                problems.append(f"{unit} {number}, column '{column}': {problem}")
+    _raise_type_problems(problems, source)
+
+
+def _rows_to_dataset(rows: list[dict[str, Any]], source: str, unit: str = "row",
+                     numbers: list[int] | None = None) -> Dataset:
+    """`Dataset.from_list` after the type checks, with every key of every row (not only the first row's)."""
+    import pyarrow as pa
+
+    check_row_types(rows, source, unit, numbers)
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    table = {key: [row.get(key) for row in rows] for key in keys}
+    try:
+        return Dataset.from_dict(table)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+        # A column this loader does not read, holding different types in different rows.
+        for key, values in table.items():
+            first = next((v for v in values if v is not None), None)
+            for index, value in enumerate(values):
+                try:
+                    pa.array([first, value])
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                    number = numbers[index] if numbers else index + 1
+                    raise DataError(
+                        f"{source}, {unit} {number}, column '{key}': {_describe(value)}, but earlier rows hold "
+                        f"{_describe(first)}; a column must hold one type. Fix the value or remove the column."
+                    ) from err
+        raise DataError(f"{source}: the rows do not form a table ({err}); check that each column holds one type.") \
+            from err
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------------------------
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a JSONL file line by line so that a bad line is reported by its number, not by a parser stack trace."""
+def read_jsonl(path: str | os.PathLike, line_numbers: list[int] | None = None) -> list[dict[str, Any]]:
+    """Read a JSONL file line by line so that a bad line is reported by its number, not by a parser stack trace.
+
+    `line_numbers`, when given, receives the line number of each row (blank lines are skipped).
+    """
     rows = []
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
@@ -131,27 +246,37 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             if not isinstance(row, dict):
                 raise DataError(f"{path}, line {line_number}: expected a JSON object, got {type(row).__name__}.")
             rows.append(row)
+            if line_numbers is not None:
+                line_numbers.append(line_number)
     return rows
 
 
 def _read_local_file(path: Path) -> Dataset:
     if path.suffix == ".jsonl":
-        rows = read_jsonl(path)
+        lines: list[int] = []
+        rows = read_jsonl(path, lines)
         if not rows:
             raise DataError(f"{path} has no rows.")
-        return Dataset.from_list(rows)
+        return _rows_to_dataset(rows, str(path), "line", lines)
     if path.suffix == ".json":
         try:
             content = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             if isinstance(err, json.JSONDecodeError) and "Extra data" in err.msg:
-                return Dataset.from_list(read_jsonl(path))  # JSON lines saved as .json
+                lines: list[int] = []
+                rows = read_jsonl(path, lines)  # JSON lines saved as .json
+                return _rows_to_dataset(rows, str(path), "line", lines)
             raise DataError(f"{path}: not valid UTF-8 JSON ({err}). Fix the file or save it as JSONL.") from err
         if isinstance(content, dict) and "data" in content:
             content = content["data"]
         if not isinstance(content, list):
             raise DataError(f"{path}: expected a JSON list of objects (or JSON lines).")
-        return Dataset.from_list(content)
+        for index, item in enumerate(content, start=1):
+            if not isinstance(item, dict):
+                raise DataError(f"{path}, item {index}: expected a JSON object, got {_describe(item)}.")
+        if not content:
+            raise DataError(f"{path} has no rows.")
+        return _rows_to_dataset(content, str(path), "item")
     return load_dataset(LOCAL_EXTENSIONS[path.suffix], data_files=str(path), split="train")
 
 
@@ -245,7 +370,9 @@ class _RowProblem(Exception):
 
 
 def _text(row: dict, column: str) -> str:
-    value = row[column]
+    value = row.get(column)
+    if value is None:
+        raise _RowProblem(f"no value in column '{column}'")
     if not isinstance(value, str):
         raise _RowProblem(f"column '{column}' must be a string, got {type(value).__name__}")
     return value
@@ -360,13 +487,26 @@ def format_split(
     tokenizer=None,
     max_prompt_tokens: int | None = None,
     prompt_overflow: str = "truncate_left",
+    max_length: int | None = None,
 ) -> tuple[Dataset, DataReport]:
-    """Validate and format one split for `stage`; return the clean split and its report."""
+    """Validate and format one split for `stage`; return the clean split and its report.
+
+    With a tokenizer and `max_length`, responses that will not fit beside their prompt (plus EOS) are counted in
+    the report as truncated (the trainers cut them).
+    """
     report = DataReport(source=source, split=split, stage=stage, rows_read=len(dataset))
     formatter = FORMATTERS[stage]
-    rows = []
+    columns = FORMAT_COLUMNS[fmt]
+    rows, type_problems = [], []
     for index, row in enumerate(dataset):
         row_number = index + 1
+        problems = [f"row {row_number}, column '{c}': {p}" for c in columns
+                    if (p := column_type_problem(c, row.get(c)))]
+        if problems:  # a wrong type is a broken file, not a row to drop: collected, then the run is refused
+            type_problems += problems
+            continue
+        if type_problems:
+            continue
         try:
             formatted = formatter(row, fmt, report, row_number)
             if max_prompt_tokens is not None and tokenizer is not None and "prompt" in formatted:
@@ -380,11 +520,24 @@ def format_split(
                 ) from None
             report.drop(str(problem), row_number)
             continue
+        if tokenizer is not None and max_length is not None and _response_overflows(formatted, tokenizer, max_length):
+            report.truncated_responses += 1
         rows.append(formatted)
+    _raise_type_problems(type_problems, f"{source} [{split}]")
     report.kept = len(rows)
     if not rows:
         raise DataError(f"{source} [{split}]: no usable rows for the {stage} stage.\n{report.summary()}")
     return Dataset.from_list(rows), report
+
+
+def _response_overflows(formatted: dict[str, Any], tokenizer, max_length: int) -> bool:
+    """Whether a response of this row will be cut: prompt + response + EOS longer than `max_length` tokens."""
+    responses = formatted.get("responses") or [formatted[k] for k in ("completion", "chosen", "rejected", "text")
+                                               if k in formatted]
+    prompt = formatted.get("prompt", "")
+    prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else 0
+    return any(prompt_tokens + len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 > max_length
+               for r in responses)
 
 
 def _fit_prompt(prompt: str, tokenizer, limit: int, overflow: str, report: DataReport, row_number: int) -> str:
@@ -421,11 +574,15 @@ def load_stage_dataset(
     max_prompt_tokens: int | None = None,
     seed: int = 42,
     dataset_name: str | None = None,
+    max_length: int | None = None,
+    report_dir: str | os.PathLike | None = None,
 ) -> tuple[DatasetDict, list[DataReport]]:
     """Load `script_args.dataset_name` (or `dataset_name`) and return `{train, test?}` formatted for `stage`.
 
     Reads `dataset_format`, `dataset_train_split`, `dataset_test_split`, `eval_split_size`, `max_train_samples`,
-    `max_eval_samples`, `invalid_rows` and `prompt_overflow` from `script_args`.
+    `max_eval_samples`, `invalid_rows` and `prompt_overflow` from `script_args`. With `max_length`, responses the
+    trainer will cut are counted. With `report_dir` the reports are saved there (`data_report.json`) at once; a
+    report that dropped, cut or noted rows is printed at WARNING level with that path.
     """
     name = dataset_name or script_args.dataset_name
     if not name:
@@ -452,20 +609,40 @@ def load_stage_dataset(
         result[split], report = format_split(
             dataset, stage=stage, fmt=fmt, source=name, split=split, invalid_rows=script_args.invalid_rows,
             tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens, prompt_overflow=script_args.prompt_overflow,
+            max_length=max_length,
         )
-        logger.info(report.summary())
         reports.append(report)
+    path = None
+    if report_dir is not None:
+        try:
+            path = save_reports(reports, report_dir)
+        except OSError as err:  # found now, before training, rather than at the first checkpoint
+            raise UserError(f"Cannot write to the output folder {report_dir}: {err}. Choose a writable "
+                            "`output_dir` (and check the disk is not full).") from err
+    for report in reports:
+        log_report(report, path)
     if "test" not in result and script_args.eval_split_size > 0:
         parts = result["train"].train_test_split(test_size=script_args.eval_split_size, seed=seed)
         result = {"train": parts["train"], "test": parts["test"]}
     return DatasetDict(result), reports
 
 
+def log_report(report: DataReport, path: str | os.PathLike | None = None) -> None:
+    """The report on the console: WARNING when rows were dropped, cut or noted (so nobody misses it), else INFO."""
+    where = f"\n  full report: {path}" if path is not None else ""
+    if report.changed_anything:
+        logger.warning("Data report: %s%s", report.summary(), where)
+    else:
+        logger.info("Data report: %s%s", report.summary(), where)
+
+
 def save_reports(reports: list[DataReport], output_dir: str | os.PathLike) -> Path:
-    """Write the data reports beside the run's checkpoints (`data_report.json`)."""
-    path = Path(output_dir) / "data_report.json"
+    """Write the data reports beside the run's checkpoints (`data_report.json`), atomically (every rank may)."""
+    path = Path(output_dir) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+    staging = path.with_name(f".{REPORT_FILE}.{os.getpid()}")
+    staging.write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+    os.replace(staging, path)
     return path
 
 

@@ -29,11 +29,133 @@ from transformers import (
 )
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
+from .config import ConfigError, UserError
+
 logger = logging.getLogger(__name__)
 
 PAD_TOKEN = "<|pad|>"
 REWARD_NORMALIZATION_FILE = "reward_normalization.json"
 ModelKind = Literal["causal_lm", "reward", "value"]
+# Where configs declare the context window (GPT-2: n_positions; most others: max_position_embeddings).
+CONTEXT_ATTRIBUTES = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_sequence_length")
+# Every length field of every stage's arguments, checked against the context by `check_lengths`.
+LENGTH_FIELDS = ("max_length", "max_seq_length", "max_prompt_length", "max_completion_length", "response_length",
+                 "max_new_tokens", "ptx_max_length")
+
+
+class ModelError(UserError, OSError):
+    """A model or tokenizer that cannot be found or loaded; the message says what was tried and how to fix it."""
+
+
+class ContextLengthError(ConfigError):
+    """A length setting that does not fit the model's context window."""
+
+
+def check_model_source(name_or_path: str, what: str = "model", revision: str = "main") -> None:
+    """Fail early, and clearly, for a path that is neither a local folder nor a Hub id we can reach.
+
+    transformers' own messages for these cases talk about repo-id syntax or network errors; ours say which of the
+    two (local folder, Hub id) was meant and what to change.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not name_or_path or not str(name_or_path).strip():
+        raise ConfigError(f"No {what} given: set `model_name_or_path` (or the stage's model path) in the recipe.")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        markers = ("config.json", "adapter_config.json", "tokenizer_config.json", "tokenizer.json")
+        if not any((path / marker).is_file() for marker in markers):
+            checkpoints = sorted(p.name for p in path.glob("checkpoint-*") if p.is_dir())
+            hint = (f" It holds {', '.join(checkpoints)}: the run did not finish; resume it with "
+                    "--resume_from_checkpoint latest, or point at one of those folders." if checkpoints else "")
+            raise ModelError(f"The {what} folder {name_or_path} holds no model (no config.json, adapter_config.json "
+                             f"or tokenizer files).{hint} Give the folder a finished stage saved.")
+        return
+    if path.exists():
+        raise ModelError(f"The {what} path {name_or_path} is a file; give the folder that holds config.json and the "
+                         "weights (what `save_pretrained` wrote), or a Hub id.")
+    try:
+        validate_repo_id(name_or_path)
+        valid_id = not name_or_path.startswith((".", "~"))
+    except HFValidationError:
+        valid_id = False
+    if not valid_id:
+        raise ModelError(
+            f"The {what} {name_or_path!r} is no such local folder, and not a valid Hub id either (Hub ids look like "
+            "'name' or 'owner/name'). Check the path (relative paths start from the folder you launched from: "
+            f"{os.getcwd()}), or that the previous stage finished and saved there."
+        )
+    if constants.HF_HUB_OFFLINE:
+        try:
+            snapshot_download(name_or_path, revision=revision, local_files_only=True)
+        except (LocalEntryNotFoundError, OSError, ValueError) as err:
+            raise ModelError(
+                f"The {what} {name_or_path!r} is not a local folder, and as a Hub id it is not in the local cache "
+                f"({constants.HF_HUB_CACHE}), which is all that can be read with HF_HUB_OFFLINE=1 set. Download it "
+                "first on a machine with network access (`hf download " + name_or_path + "`), unset "
+                "HF_HUB_OFFLINE, or give a local folder."
+            ) from err
+
+
+def context_length(name_or_path: str, *, revision: str = "main", trust_remote_code: bool = False) -> int | None:
+    """The context window (positions) the model's config declares; None when it declares none."""
+    from transformers import AutoConfig
+
+    base = _adapter_base(name_or_path)
+    source = base or name_or_path
+    check_model_source(source)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelError(f"Could not read the config of {source}: {err}") from err
+    for attribute in CONTEXT_ATTRIBUTES:
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_lengths(args, model_paths: str | list[str | None], *, stage: str, generation: tuple[str, str] | None = None,
+                  fill_unset: tuple[str, ...] = (), revision: str = "main", trust_remote_code: bool = False) -> int:
+    """Check every length field of `args` against the smallest context of `model_paths`, before anything trains.
+
+    `generation=(prompt_field, response_field)`: the response is generated after the prompt, so it must leave room
+    for one (and the two together must fit when both are set). `fill_unset`: fields that are None get the context,
+    with a warning (TRL would not truncate at all, and positions past the context fail inside the embedding).
+    Returns the context length. Raises `ContextLengthError` listing every field that does not fit.
+    """
+    paths = [model_paths] if isinstance(model_paths, str) else [p for p in model_paths if p]
+    known = {p: c for p in dict.fromkeys(paths)
+             if (c := context_length(p, revision=revision, trust_remote_code=trust_remote_code)) is not None}
+    if not known:
+        return 10**9  # no declared window: nothing to check against
+    source = min(known, key=known.get)
+    context = known[source]
+    where = f"the {context}-token context of {source}"
+    problems = []
+    for name in LENGTH_FIELDS:
+        value = getattr(args, name, None)
+        if value is None and name in fill_unset:
+            logger.warning("%s: %s is unset; using %d, %s.", stage, name, context, where)
+            setattr(args, name, context)
+        elif isinstance(value, int) and value < 1:
+            problems.append(f"{name} must be at least 1, got {value}")
+        elif isinstance(value, int) and value > context:
+            problems.append(f"{name} {value} is longer than {where}; set it to at most {context}")
+    if generation is not None:
+        prompt_field, response_field = generation
+        response = getattr(args, response_field, None)
+        prompt = getattr(args, prompt_field, None) if prompt_field else None
+        if isinstance(response, int) and response >= context:
+            problems.append(f"{response_field} {response} leaves no room for a prompt in {where}; lower it")
+        elif isinstance(response, int) and isinstance(prompt, int) and prompt + response > context:
+            problems.append(f"{prompt_field} {prompt} + {response_field} {response} = {prompt + response} tokens "
+                            f"exceed {where}; lower one of them")
+    if problems:
+        raise ContextLengthError(f"{stage}: " + "; ".join(problems) + ".")
+    return context
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -52,11 +174,17 @@ def load_tokenizer(
     padding_side: str = "right",
 ) -> PreTrainedTokenizerBase:
     """Load a tokenizer by Hub id or local path and make sure its pad token is not its EOS token."""
+    check_model_source(name_or_path, "tokenizer", revision)
     adapter_base = _adapter_base(name_or_path)
     source = name_or_path if _has_tokenizer(name_or_path) or adapter_base is None else adapter_base
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    if source != name_or_path:
+        check_model_source(source, "base model of the adapter", revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelError(f"Could not load the tokenizer of {source}: {err}") from err
     if tokenizer.eos_token is None:
-        raise ValueError(
+        raise ModelError(
             f"The tokenizer of {name_or_path} has no EOS token; set one with `--eos_token` or save a tokenizer "
             "that defines `eos_token`."
         )
@@ -122,7 +250,8 @@ def load_model(
     """
     name = model_name_or_path or model_args.model_name_or_path
     if not name:
-        raise ValueError("No model given: set `model_name_or_path` in the recipe or pass `--model_name_or_path`.")
+        raise ConfigError("No model given: set `model_name_or_path` in the recipe or pass `--model_name_or_path`.")
+    check_model_source(name, "model", model_args.model_revision)
     quantization_config = get_quantization_config(model_args)
     kwargs = {
         "revision": model_args.model_revision,
@@ -141,7 +270,10 @@ def load_model(
         kwargs["num_labels"] = 1
 
     with _resolved_checkpoint(name, kind, tokenizer, trust_remote_code) as source:
-        model = _auto_class(kind).from_pretrained(source, **kwargs)
+        try:
+            model = _auto_class(kind).from_pretrained(source, **kwargs)
+        except OSError as err:
+            raise ModelError(f"Could not load the model {name}: {err}") from err
     _match_tokenizer(model, tokenizer)
     if kind != "causal_lm":
         model.reward_bias = read_reward_bias(name)
@@ -168,8 +300,9 @@ class _resolved_checkpoint:
             return self.name
         from peft import PeftModel
 
+        check_model_source(base, "base model of the adapter")
         if not (Path(self.name) / "adapter_model.safetensors").is_file():
-            raise OSError(
+            raise ModelError(
                 f"{self.name} is a LoRA adapter folder without adapter_model.safetensors; only safetensors weights are "
                 "loaded (never pickled .bin files). Re-save the adapter with `save_pretrained(safe_serialization=True)`."
             )
@@ -296,7 +429,7 @@ def check_same_tokenizer(tokenizer: PreTrainedTokenizerBase, other_name_or_path:
         return
     other = load_tokenizer(other_name_or_path, trust_remote_code=trust_remote_code)
     if other.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(
+        raise ConfigError(
             f"The tokenizer of {other_name_or_path} differs from the policy's ({len(other)} vs {len(tokenizer)} "
             "tokens, or different ids). Train the reward model from the same SFT checkpoint as the policy."
         )

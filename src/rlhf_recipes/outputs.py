@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from transformers.trainer_utils import get_last_checkpoint
-
+from .checkpoints import CheckpointError, latest_checkpoint, verify_checkpoint
 from .data import DataReport, save_reports
 
 logger = logging.getLogger(__name__)
@@ -23,18 +22,19 @@ STAGE_METRICS_FILE = "stage_metrics.json"
 
 
 def resolve_resume_checkpoint(training_args) -> str | None:
-    """`--resume_from_checkpoint latest` (or `true`) picks the newest complete `checkpoint-*` of `output_dir`."""
+    """`--resume_from_checkpoint latest` (or `true`) picks the newest good `checkpoint-*` of `output_dir` (damaged ones
+    are skipped with a warning); an explicit path must be a good checkpoint."""
     value = training_args.resume_from_checkpoint
     if value in (None, "", "false", "False"):
         return None
     if str(value).lower() in ("latest", "true"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        last = latest_checkpoint(training_args.output_dir)
         if last is None:
-            logger.warning("No checkpoint in %s to resume from: starting fresh.", training_args.output_dir)
+            logger.warning("No usable checkpoint in %s to resume from: starting fresh.", training_args.output_dir)
         return last
     if not os.path.isdir(value):
-        raise FileNotFoundError(f"resume_from_checkpoint={value} is not a folder. Use a checkpoint-N path or 'latest'.")
-    return value
+        raise CheckpointError(f"resume_from_checkpoint={value} is not a folder. Use a checkpoint-N path or 'latest'.")
+    return verify_checkpoint(value)
 
 
 def check_hub_token(training_args) -> None:

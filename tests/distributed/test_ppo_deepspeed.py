@@ -2,8 +2,10 @@
 
 Each launch runs 3 updates of 16 episodes (2 processes x 4 prompts x 2 minibatches). The saved policy must load
 alone with `from_pretrained` and give finite logits; ZeRO-3 (sharded parameters, gathered for generation and for
-saving) must train like ZeRO-2 up to the order of float reductions; and a ZeRO-2 run resumed from its first
-checkpoint must reach the uninterrupted run's weights, learning rates and metrics.
+saving) must train like ZeRO-2 up to the order of float reductions; and a SIGTERM that reaches one rank during
+update 2 must stop both ranks after that update with a complete checkpoint, from which `--resume_from_checkpoint
+latest` reaches the uninterrupted run's weights, learning rates and metrics (one stop-and-resume covers resuming
+under ZeRO-2 too: launches are the expensive part of this file).
 
 The first DeepSpeed launch on a machine JIT-builds a communication op (about 2 minutes); later launches reuse it.
 """
@@ -53,11 +55,15 @@ def reward_dir(sft_dir, tmp_path_factory) -> Path:
     return out
 
 
-def launch(stage: str, out: Path, demo_dir: Path, sft_dir: Path, reward_dir: Path, *extra: str) -> None:
+def launch(stage: str, out: Path, demo_dir: Path, sft_dir: Path, reward_dir: Path, *extra: str,
+           runner: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`accelerate launch` the PPO recipe; with `runner`, through tests/recipe_runner.py with those options (and
+    the exit code is the caller's to check)."""
     pytest.importorskip("deepspeed")
+    script = [str(REPO / "tests/recipe_runner.py"), *runner, "ppo"] if runner else [str(REPO / "recipes/ppo.py")]
     command = accelerate_command() + [
         "--config_file", str(REPO / f"accelerate_configs/deepspeed_{stage}.yaml"), "--num_processes", "2",
-        "--mixed_precision", "no", str(REPO / "recipes/ppo.py"), "--config", str(REPO / "recipes/demo/ppo.yaml"),
+        "--mixed_precision", "no", *script, "--config", str(REPO / "recipes/demo/ppo.yaml"),
         "--ddp_backend", "gloo", "--model_name_or_path", str(sft_dir), "--sft_model_path", str(sft_dir),
         "--reward_model_path", str(reward_dir), "--dataset_name", str(demo_dir / "data/prompts"),
         "--ptx_dataset", str(demo_dir / "data/ptx/train.jsonl"), "--output_dir", str(out),
@@ -69,7 +75,9 @@ def launch(stage: str, out: Path, demo_dir: Path, sft_dir: Path, reward_dir: Pat
            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"),
                                                                               os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"accelerate launch failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    if not runner:
+        assert result.returncode == 0, f"accelerate launch failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -127,16 +135,29 @@ def test_zero3_trains_like_zero2(runs, sft_dir):
 
 
 @pytest.mark.timeout(1200)
-def test_zero2_resume_from_first_checkpoint_reaches_the_uninterrupted_run(runs, demo_dir, sft_dir, reward_dir):
+def test_zero2_sigterm_on_one_rank_stops_both_after_that_update_and_resumes_to_the_uninterrupted_run(
+        runs, demo_dir, sft_dir, reward_dir):
+    from rlhf_recipes.checkpoints import checkpoint_problems
+
     straight = runs["zero2"]
-    resumed = runs["root"] / "zero2-resumed"
-    launch("zero2", resumed, demo_dir, sft_dir, reward_dir, "--resume_from_checkpoint",
-           str(straight / "checkpoint-1"))
+    stopped = runs["root"] / "zero2-preempted"
+    # Only rank 1 gets SIGTERM, during update 2; checkpoints are not due before update 3.
+    result = launch("zero2", stopped, demo_dir, sft_dir, reward_dir, "--save_steps", "3",
+                    runner=("--signal-during-step", "2:1"))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-4000:]
+    assert "exitcode  : 143" in output or "exit code 143" in output, output[-4000:]
+    assert f"Stopped by SIGTERM: step 2 finished and saved in {stopped / 'checkpoint-2'}" in output, output[-4000:]
+    assert sorted(p.name for p in stopped.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert checkpoint_problems(stopped / "checkpoint-2") == []
+    assert not (stopped / "model.safetensors").exists()
+
+    launch("zero2", stopped, demo_dir, sft_dir, reward_dir, "--resume_from_checkpoint", "latest")
     for weights in ("model.safetensors", "value_model/model.safetensors"):
-        a, b = load_file(straight / weights), load_file(resumed / weights)
+        a, b = load_file(straight / weights), load_file(stopped / weights)
         for key in a:
             torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=f"{weights}: {key}")
-    log_straight, log_resumed = history(straight), history(resumed)
+    log_straight, log_resumed = history(straight), history(stopped)
     assert [e["lr"] for e in log_resumed] == [e["lr"] for e in log_straight]  # the schedule resumed too
-    for a, b in zip(log_straight, log_resumed):
+    for a, b in zip(log_straight, log_resumed, strict=True):
         assert {k: b[k] for k in METRICS} == {k: a[k] for k in METRICS}

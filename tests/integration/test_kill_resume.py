@@ -1,5 +1,6 @@
-"""A run killed with SIGKILL (during training, or in the middle of a checkpoint save) and resumed with
-`--resume_from_checkpoint latest` ends with the same weights and metrics as an uninterrupted seeded run."""
+"""A run killed with SIGKILL (during training, or in the middle of a checkpoint save), or stopped by SIGTERM, and
+resumed with `--resume_from_checkpoint latest` ends with the same weights and metrics as an uninterrupted seeded
+run; a save that fails for lack of space leaves the previous checkpoint usable."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_recipe
 from safetensors.torch import load_file
 
+from rlhf_recipes.checkpoints import CheckpointError, checkpoint_problems, latest_checkpoint
+
 RUNNER = str(REPO / "tests" / "recipe_runner.py")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}  # this checkout's code
 
 
 def stage_args(stage: str, demo_dir: Path, sft_dir: Path | None, out: Path) -> list[str]:
@@ -106,3 +110,50 @@ def test_sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint_usable(d
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (killed / "tmp-checkpoint-6").exists(), "a later save of the same step replaces the staging folder"
     assert_same_run(reference, killed)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_step_saves_that_step_exits_143_and_resumes_to_the_uninterrupted_run(demo_dir, uninterrupted,
+                                                                                          tmp_path, one_torch_thread):
+    reference = uninterrupted("sft")
+
+    stopped = tmp_path / "preempted"
+    # SIGTERM arrives while step 4 runs (checkpoints are due at 3, 6, 9): step 4 finishes and is saved.
+    result = run(stage_args("sft", demo_dir, None, stopped), prefix=["--signal-during-step", "4"])
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert f"Stopped by SIGTERM: step 4 finished and saved in {stopped / 'checkpoint-4'}" in result.stderr
+    assert "--resume_from_checkpoint latest" in result.stderr and "Traceback" not in result.stderr
+    assert not (stopped / "model.safetensors").exists(), "a preempted run must not save a final model"
+    assert checkpoint_problems(stopped / "checkpoint-4") == [] and (stopped / "checkpoint-4/manifest.json").is_file()
+    assert latest_checkpoint(stopped) == str(stopped / "checkpoint-4")
+    assert json.loads((stopped / "checkpoint-4/trainer_state.json").read_text())["global_step"] == 4
+
+    # The resume in this process (one thread, as the subprocesses): it saves a process start.
+    recipe, *args = stage_args("sft", demo_dir, None, stopped)
+    run_recipe(recipe, [*args, "--resume_from_checkpoint", "latest"])
+    assert_same_run(reference, stopped)
+
+
+def test_a_save_that_fails_with_enospc_keeps_the_previous_checkpoint_and_says_why(demo_dir, tmp_path, monkeypatch):
+    import errno
+
+    from stage_runs import sft_args
+    from transformers import Trainer
+
+    original = Trainer._save_optimizer_and_scheduler
+
+    def disk_full_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", os.path.join(output_dir, "optimizer.pt"))
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", disk_full_at_step_4)
+    out = tmp_path / "full"
+    with pytest.raises(CheckpointError) as err:
+        run_recipe("sft", sft_args(demo_dir, out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+                                   "--eval_strategy", "no"))
+    message = str(err.value)
+    assert "Could not save checkpoint-4" in message and "No space left on device" in message
+    assert f"The previous checkpoint {out / 'checkpoint-2'} is intact" in message
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]  # no staging left
+    assert checkpoint_problems(out / "checkpoint-2") == []

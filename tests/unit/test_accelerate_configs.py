@@ -101,6 +101,12 @@ def test_slurm_script():
     for flag in ("--num_machines", "--machine_rank", "--main_process_ip", "--main_process_port", "--num_processes"):
         assert flag in text
     assert '"$SLURM_PROCID"' in text and "srun" in text
+    # Preemption: a signal before the time limit, a trap that stops the workers with a checkpoint, a requeue, and a
+    # run that resumes from the newest good checkpoint by itself.
+    assert "#SBATCH --signal=B:USR1@" in text and "#SBATCH --requeue" in text
+    assert "trap 'REQUEUE=1; stop_training SIGUSR1' USR1" in text and "trap 'stop_training SIGTERM' TERM" in text
+    assert 'pkill -TERM -P' in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
+    assert "RESUME=${RESUME-latest}" in text and '--resume_from_checkpoint "$RESUME"' in text
     bash = shutil.which("bash")
     if bash:
         subprocess.run([bash, "-n", str(script)], check=True)

@@ -297,3 +297,110 @@ def test_long_prompts_dropped_or_raised_as_configured(tmp_path, tokenizer):
     assert report.truncated_prompts == 1 and report.kept == 2
     assert long_prompt.endswith(dataset["train"][1]["prompt"]) and dataset["train"][1]["completion"] == " long answer."
     assert _token_count(tokenizer, dataset["train"][1]["prompt"]) <= limit
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Values of the wrong type: the whole run is refused before pyarrow or a trainer sees them
+# ---------------------------------------------------------------------------------------------------------------
+WRONG_TYPES = [
+    # (rows, stage, line, column, words of the message)
+    ([{"prompt": "a", "completion": " x"}, {"prompt": "b", "completion": 42}], "sft", 2, "completion",
+     "expected a string, got a number (42)"),
+    ([{"prompt": ["a"], "completion": " x"}], "sft", 1, "prompt", "expected a string, got a list"),
+    ([{"text": "fine"}, {"text": {"body": "x"}}], "sft", 2, "text", "expected a string, got an object"),
+    ([{"prompt": "p", "chosen": " a", "rejected": True}], "reward", 1, "rejected", "got a boolean"),
+    ([{"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": 3.5}], "reward", 1, "rejected", "got a number"),
+    ([{"prompt": "p", "responses": [" a", " b"]}, {"prompt": "p", "responses": [" a", 7]}], "reward", 2,
+     "responses", "response 2 is a number (7)"),
+    ([{"prompt": "p", "responses": " not a list"}], "reward", 1, "responses", "expected a list of strings"),
+    ([{"prompt": "p", "responses": [" a", None]}], "reward", 1, "responses", "response 2 is null"),
+    ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}]}], "sft", 1,
+     "messages", "message 2's 'content' must be a string, got a number (5)"),
+    ([{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}], "sft", 1, "messages",
+     "message 1 has no 'content'"),
+    ([{"messages": ["hi", {"role": "assistant", "content": "x"}]}], "prompts", 1, "messages",
+     "message 1 is a string ('hi')"),
+    ([{"messages": "hi"}], "prompts", 1, "messages", "expected a list of"),
+    ([{"prompt": 12}], "prompts", 1, "prompt", "expected a string, got a number (12)"),
+]
+
+
+@pytest.mark.parametrize(("rows", "stage", "line", "column", "words"), WRONG_TYPES)
+def test_a_value_of_the_wrong_type_names_file_line_column_and_expected_type(tmp_path, rows, stage, line, column,
+                                                                           words):
+    path = write_jsonl(tmp_path / "data.jsonl", rows)
+    for invalid_rows in ("drop", "error"):  # never dropped: the file is wrong
+        with pytest.raises(DataError) as err:
+            load_stage_dataset(args(path, invalid_rows=invalid_rows), stage)
+        message = str(err.value)
+        assert str(path) in message and f"line {line}, column '{column}'" in message, message
+        assert words in message, message
+        assert "before training" in message
+
+
+def test_blank_lines_do_not_shift_the_reported_line_and_all_problems_are_counted(tmp_path):
+    path = tmp_path / "data.jsonl"
+    good = json.dumps({"prompt": "a", "completion": " x"})
+    path.write_text(f"{good}\n\n{good}\n" + "".join(json.dumps({"prompt": i, "completion": " x"}) + "\n"
+                                                   for i in range(7)))
+    with pytest.raises(DataError) as err:
+        load_stage_dataset(args(path), "sft")
+    message = str(err.value)
+    assert "7 value(s) of the wrong type" in message and "line 4, column 'prompt'" in message
+    assert "line 8, column 'prompt'" in message and "(and 2 more)" in message and "line 9," not in message
+
+
+def test_other_sources_are_type_checked_too(tmp_path):
+    import csv
+
+    path = tmp_path / "data.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerows([["prompt", "completion"], [1, 2], [3, 4]])
+    with pytest.raises(DataError, match=r"row 1, column 'prompt': expected a string, got a number \(1\)"):
+        load_stage_dataset(args(path), "sft")
+    as_json = tmp_path / "data.json"
+    as_json.write_text(json.dumps([{"prompt": "a", "completion": " b"}, {"prompt": "a", "completion": [" b"]}]))
+    with pytest.raises(DataError, match=r"item 2, column 'completion': expected a string, got a list"):
+        load_stage_dataset(args(as_json), "sft")
+
+
+def test_an_unread_column_of_mixed_types_is_named_instead_of_a_pyarrow_error(tmp_path):
+    path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "a", "completion": " b", "meta": {"id": 1}},
+                                                 {"prompt": "a", "completion": " c", "meta": "x"}])
+    with pytest.raises(DataError) as err:
+        load_stage_dataset(args(path), "sft")
+    assert f"{path}, line 2, column 'meta'" in str(err.value) and "one type" in str(err.value)
+
+
+def test_null_and_missing_values_are_rows_to_drop_not_type_errors(tmp_path):
+    path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "a", "completion": " b"},
+                                                 {"prompt": "a", "completion": None}, {"prompt": "c"},
+                                                 {"prompt": "d", "completion": " e", "extra": 1}])
+    dataset, (report,) = load_stage_dataset(args(path), "sft")
+    assert dataset["train"]["prompt"] == ["a", "d"]
+    assert report.dropped == {"no value in column 'completion'": [2, 3]}
+
+
+def test_report_goes_to_the_console_as_a_warning_with_counts_rows_and_file(tmp_path, tokenizer, caplog):
+    long_completion = " and it was long" * 20
+    path = write_jsonl(tmp_path / "sft.jsonl", [
+        {"prompt": "a", "completion": " fine"}, {"prompt": "b", "completion": ""},
+        {"prompt": "c", "completion": long_completion}, {"prompt": "d", "completion": " ok"},
+    ])
+    with caplog.at_level("WARNING", logger="rlhf_recipes.data"):
+        _, (report,) = load_stage_dataset(args(path), "sft", tokenizer=tokenizer, max_prompt_tokens=8,
+                                          max_length=32, report_dir=tmp_path / "run")
+    assert report.truncated_responses == 1
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    text = record.getMessage()
+    assert "dropped 1" in text and "responses truncated 1" in text and "(rows 2)" in text
+    assert str(tmp_path / "run" / "data_report.json") in text
+    saved = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert saved[0]["dropped"] == {"empty completion (SFT has nothing to learn from it)": [2]}
+    # A clean split stays at INFO level.
+    clean = write_jsonl(tmp_path / "clean.jsonl", [{"prompt": "a", "completion": " fine"}])
+    caplog.clear()
+    with caplog.at_level("INFO", logger="rlhf_recipes.data"):
+        load_stage_dataset(args(clean), "sft")
+    assert [r.levelname for r in caplog.records] == ["INFO"]
