@@ -17,8 +17,10 @@ def main(script_args: ScriptArguments, eval_args: EvalArguments, model_args: Mod
     if not eval_args.policy_paths:
         raise ValueError("Give at least one policy with --policy_paths PATH [PATH ...].")
     remote = eval_args.trust_remote_code
-    tokenizer = load_tokenizer(eval_args.policy_paths[0], trust_remote_code=remote, padding_side="left")
-    dataset, _ = load_stage_dataset(script_args, "prompts", seed=eval_args.seed)
+    tokenizer = load_tokenizer(eval_args.policy_paths[0], trust_remote_code=remote, padding_side="left",
+                               conversation_template=script_args.conversation_template)
+    # Prompts rendered as the policies were trained (the chat template's generation prompt, or HH's cue).
+    dataset, _ = load_stage_dataset(script_args, "prompts", tokenizer=tokenizer, seed=eval_args.seed)
     split = dataset["test"] if "test" in dataset else dataset["train"]
     prompts = split["prompt"][: eval_args.num_prompts]
 

@@ -29,7 +29,8 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     check_hub_token(training_args)
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
-                               trust_remote_code=training_args.trust_remote_code)
+                               trust_remote_code=training_args.trust_remote_code,
+                               conversation_template=script_args.conversation_template)
     # Leave at least half of the context to the response: longer prompts are cut from the left (or dropped).
     dataset, reports = load_stage_dataset(script_args, "sft", tokenizer=tokenizer,
                                           max_prompt_tokens=training_args.max_length // 2, seed=training_args.seed)

@@ -29,6 +29,8 @@ from transformers import (
 )
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
+from .data import resolve_template
+
 logger = logging.getLogger(__name__)
 
 PAD_TOKEN = "<|pad|>"
@@ -50,11 +52,22 @@ def load_tokenizer(
     revision: str = "main",
     trust_remote_code: bool = False,
     padding_side: str = "right",
+    conversation_template: str = "auto",
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer by Hub id or local path and make sure its pad token is not its EOS token."""
+    """Load a tokenizer by Hub id or local path and make sure its pad token is not its EOS token.
+
+    When conversations will be rendered with the tokenizer's chat template (`conversation_template`, see
+    `rlhf_recipes.data.resolve_template`), the template's end-of-turn token becomes the EOS: SFT appends it, PPO
+    stops at it and the reward model reads its score there. The tokenizer saved with each stage carries it on.
+    """
     adapter_base = _adapter_base(name_or_path)
     source = name_or_path if _has_tokenizer(name_or_path) or adapter_base is None else adapter_base
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    end_of_turn = resolve_template(tokenizer, conversation_template).end_of_turn
+    if end_of_turn is not None and end_of_turn != tokenizer.eos_token:
+        logger.info("EOS of %s: %r -> %r, the chat template's end of turn.", name_or_path, tokenizer.eos_token,
+                    end_of_turn)
+        tokenizer.eos_token = end_of_turn
     if tokenizer.eos_token is None:
         raise ValueError(
             f"The tokenizer of {name_or_path} has no EOS token; set one with `--eos_token` or save a tokenizer "
