@@ -271,6 +271,10 @@ class ConversationTemplate:
                 completion = completion[: cut + len(self.end_of_turn)]
         return prompt, completion
 
+    def reply_text(self, completion: str) -> str:
+        """A rendered completion without its end-of-turn token: what the assistant said."""
+        return completion.removesuffix(self.end_of_turn) if self.end_of_turn else completion
+
     def split_hh(self, conversation: str) -> tuple[str, str]:
         """An HH conversation as (prompt, final reply): cut as written (HH), or parsed and rendered (chat template)."""
         if self.name == "hh":
@@ -408,7 +412,7 @@ def _format_sft(row: dict, fmt: str, report: DataReport, row_number: int,
         prompt, completion = _prompt_of(row, template), str(responses[0])
     if not prompt.strip():
         raise _RowProblem("empty prompt")
-    if not completion.strip():
+    if not template.reply_text(completion).strip():
         raise _RowProblem("empty completion (SFT has nothing to learn from it)")
     return {"prompt": prompt, "completion": completion}
 
@@ -448,7 +452,7 @@ def _format_reward(row: dict, fmt: str, report: DataReport, row_number: int,
         # Real HH has a few pairs that part before the last turn: compare them as whole conversations.
         report.note("pair differs before the final assistant turn (compared as whole conversations)", row_number)
         prompt, chosen_reply, rejected_reply = "", prompt + chosen_reply, rejected_prompt + rejected_reply
-    if not chosen_reply.strip():
+    if not template.reply_text(chosen_reply).strip():
         report.note("empty preferred response", row_number)
     return {"prompt": prompt, "chosen": chosen_reply, "rejected": rejected_reply}
 

@@ -9,10 +9,19 @@ import json
 import math
 
 import pytest
-from chat_models import FAMILIES, check_ppo, check_reward, check_sft, run_stage, save_chat_model, stage_args, \
-    write_chat_data
+from chat_models import (
+    FAMILIES,
+    check_ppo,
+    check_reward,
+    check_sft,
+    run_stage,
+    save_chat_model,
+    stage_args,
+    write_chat_data,
+)
+from conftest import run_recipe
 
-from rlhf_recipes.data import resolve_template
+from rlhf_recipes.data import read_jsonl, resolve_template
 from rlhf_recipes.models import load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,3 +68,19 @@ def test_reward_model_trains_on_what_the_policy_produces_and_scores_at_the_end_o
 
 def test_ppo_prompts_end_at_the_generation_prompt_and_responses_stop_at_the_end_of_turn(pipeline):
     check_ppo(pipeline["fed"]["ppo"], pipeline["data"], pipeline["tokenizer"], pipeline["family"])
+
+
+def test_evaluation_samples_from_the_rendered_prompt_and_stops_at_the_end_of_turn(pipeline):
+    root, tokenizer = pipeline["root"], pipeline["tokenizer"]
+    rows = run_recipe("evaluate", [
+        "--dataset_name", str(pipeline["data"] / "prompts"), "--dataset_format", "messages",
+        "--policy_paths", str(root / "sft"), str(root / "ppo"), "--policy_names", "sft", "ppo",
+        "--reward_model_path", str(root / "reward"), "--output_dir", str(root / "eval"), "--num_prompts", "8",
+        "--response_length", "24", "--batch_size", "8"])
+    template = resolve_template(tokenizer)
+    results = json.loads((root / "eval/eval_results.json").read_text())
+    expected = [template.render_prompt(r["messages"]) for r in read_jsonl(pipeline["data"] / "prompts/test.jsonl")]
+    assert results["prompts"] == expected[: len(results["prompts"])]
+    # eos_fraction counts responses that ended with the end-of-turn token; SFT taught the policy to end its turns.
+    assert any(row["eos_fraction"] > 0 for row in rows)
+    assert all(math.isfinite(row["rm_score_mean"]) for row in rows)

@@ -107,6 +107,13 @@ def test_hh_rows_are_rendered_in_the_chat_template_for_every_stage(tmp_path, qwe
                                   "rejected": "Go away.<|im_end|>"}
     prompts, _ = load_stage_dataset(script_args, "prompts", tokenizer=qwen2)
     assert prompts["train"][0] == {"prompt": CHATML_PROMPT}
+    # An empty reply renders as the end-of-turn token alone: still no demonstration for SFT, still noted for the RM.
+    empty = write_jsonl(tmp_path / "empty.jsonl", [
+        {"chosen": "\n\nHuman: Hi\n\nAssistant:", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}])
+    with pytest.raises(DataError, match=r"empty completion .* \(rows 1\)"):
+        load_stage_dataset(ScriptArguments(dataset_name=str(empty)), "sft", tokenizer=qwen2)
+    reward, reports = load_stage_dataset(ScriptArguments(dataset_name=str(empty)), "reward", tokenizer=qwen2)
+    assert reward["train"][0]["chosen"] == "<|im_end|>" and reports[0].noted == {"empty preferred response": [1]}
     hh_args = ScriptArguments(dataset_name=str(path), conversation_template="hh")  # the HH text, as written
     assert load_stage_dataset(hh_args, "sft", tokenizer=qwen2)[0]["train"][0] == {
         "prompt": "\n\nHuman: Hi\n\nAssistant:", "completion": " Hello!"}
