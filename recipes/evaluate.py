@@ -20,11 +20,13 @@ def main(script_args: ScriptArguments, eval_args: EvalArguments, model_args: Mod
     if not eval_args.policy_paths:
         raise ConfigError("Give at least one policy with --policy_paths PATH [PATH ...].")
     remote = eval_args.trust_remote_code
-    tokenizer = load_tokenizer(eval_args.policy_paths[0], trust_remote_code=remote, padding_side="left")
+    tokenizer = load_tokenizer(eval_args.policy_paths[0], trust_remote_code=remote, padding_side="left",
+                               conversation_template=script_args.conversation_template)
     context = check_lengths(eval_args, [*eval_args.policy_paths, eval_args.reward_model_path,
                                         eval_args.reference_model_path], stage="evaluation",
                             generation=(None, "response_length"), trust_remote_code=remote)
-    # Prompts are cut from the left so that prompt + response fits every model's context.
+    # Prompts rendered as the policies were trained (the chat template's generation prompt, or HH's cue), cut from
+    # the left so that prompt + response fits every model's context.
     dataset, _ = load_stage_dataset(script_args, "prompts", seed=eval_args.seed, tokenizer=tokenizer,
                                     max_prompt_tokens=context - eval_args.response_length,
                                     report_dir=eval_args.output_dir)

@@ -9,7 +9,7 @@ import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time k
 from trl import ModelConfig
 
 from rlhf_recipes.config import ConfigError, ScriptArguments, run_main
-from rlhf_recipes.data import load_stage_dataset, tokenize_prompts, tokenize_texts
+from rlhf_recipes.data import load_stage_dataset, resolve_template, tokenize_prompts, tokenize_texts
 from rlhf_recipes.host_memory import keep_freed_memory
 from rlhf_recipes.models import check_lengths, check_same_tokenizer, load_model, load_tokenizer
 from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
@@ -25,7 +25,7 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     model_args.model_name_or_path = sft_path
     remote = training_args.trust_remote_code
     tokenizer = load_tokenizer(sft_path, revision=model_args.model_revision, trust_remote_code=remote,
-                               padding_side="left")
+                               padding_side="left", conversation_template=script_args.conversation_template)
     check_same_tokenizer(tokenizer, training_args.reward_model_path, trust_remote_code=remote)
     # Every model reads prompt + response: the smallest context of the three bounds it.
     context = check_lengths(training_args, [sft_path, training_args.reward_model_path, training_args.value_model_path],
@@ -37,7 +37,8 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
                                           report_dir=training_args.output_dir)
     ptx_dataset = None
     if training_args.ptx_coef > 0:
-        ptx_dataset = tokenize_texts(training_args.ptx_dataset, tokenizer, training_args.ptx_max_length)
+        ptx_dataset = tokenize_texts(training_args.ptx_dataset, tokenizer, training_args.ptx_max_length,
+                                     resolve_template(tokenizer, script_args.conversation_template))
 
     # With LoRA the reference pi_SFT is the policy with its adapter disabled: no second copy of the weights.
     policy = load_model(model_args, tokenizer, model_name_or_path=sft_path, trust_remote_code=remote)

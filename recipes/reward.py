@@ -32,7 +32,8 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     check_hub_token(training_args)
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
-                               trust_remote_code=training_args.trust_remote_code)
+                               trust_remote_code=training_args.trust_remote_code,
+                               conversation_template=script_args.conversation_template)
     check_lengths(training_args, model_args.model_name_or_path, stage="reward model", fill_unset=("max_length",),
                   revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code)
     # Leave at least half of the context to the response: longer prompts are cut from the left (or dropped).
@@ -62,7 +63,8 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         source = training_args.normalization_dataset
         if source:
             reference, report = load_reference_set(source, samples=training_args.normalization_samples,
-                                                   tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens)
+                                                   tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
+                                                   conversation_template=script_args.conversation_template)
             reports.append(report)
         else:
             source = f"{script_args.dataset_name} (preferred responses)"

@@ -32,7 +32,8 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     check_hub_token(training_args)
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
-                               trust_remote_code=training_args.trust_remote_code)
+                               trust_remote_code=training_args.trust_remote_code,
+                               conversation_template=script_args.conversation_template)
     check_lengths(training_args, model_args.model_name_or_path, stage="SFT", fill_unset=("max_length",),
                   revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code)
     # Leave at least half of the context to the response: longer prompts are cut from the left (or dropped).

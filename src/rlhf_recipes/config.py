@@ -49,6 +49,15 @@ class ScriptArguments(TrlScriptArguments):
             "choices": ["auto", "prompt_completion", "text", "messages", "hh", "preference", "ranking"],
         },
     )
+    conversation_template: str = field(
+        default="auto",
+        metadata={
+            "help": "How conversations (messages, HH chosen/rejected, lists of messages) become text: 'auto' (the "
+            "tokenizer's chat template when it has one, else HH's), 'chat_template', or 'hh' "
+            "('\\n\\nHuman: ...\\n\\nAssistant: ...'). With a chat template its end-of-turn token is the EOS.",
+            "choices": ["auto", "chat_template", "hh"],
+        },
+    )
     eval_split_size: float = field(
         default=0.0,
         metadata={"help": "Hold out this fraction of train (seeded) when the dataset has no test split."},

@@ -14,12 +14,16 @@ Output per stage:
     reward  `prompt`, `chosen`, `rejected`, or `prompt`, `responses` for rankings
     prompts `prompt` (PPO and evaluation)
 
-Conversations are rendered in one plain-text template, the HH style, because GPT-2 has no chat template:
+Conversations (`messages`, HH `chosen`/`rejected`, `prompt`/`chosen`/`rejected` given as lists of messages) are
+rendered by one renderer, `ConversationTemplate` (`conversation_template: auto|chat_template|hh`): the tokenizer's
+chat template when it has one, else the plain-text HH template (GPT-2 has no chat template):
 
     "\\n\\nHuman: {user turn}\\n\\nAssistant: {assistant turn}\\n\\nHuman: ...\\n\\nAssistant:"
 
-The prompt is everything up to and including the last "\\n\\nAssistant:", the response is what follows. SFT, the
-reward model and PPO all see this format, so a policy is scored in the format its reward model was trained on.
+The prompt ends where the template's generation prompt ends (HH: the last "\\n\\nAssistant:"); the completion is the
+final assistant turn up to and including the template's end-of-turn token, which the tokenizer loader makes the EOS.
+SFT, the reward model, PPO and evaluation all see this text, so a policy is scored in the format it was trained on.
+Plain strings (`prompt`, `completion`, `text`) are taken as already rendered and used as written.
 
 Row numbers in messages are 1-based positions in the source split (for a JSONL file, its line numbers).
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,28 +318,127 @@ def split_hh(conversation: str) -> tuple[str, str]:
     return conversation[:cut], conversation[cut:]
 
 
-def render_messages(messages: list[dict[str, str]]) -> tuple[str, str]:
-    """Render chat messages in the HH template: (prompt ending in "\\n\\nAssistant:", " " + final assistant turn)."""
-    if not messages or messages[-1].get("role") != "assistant":
-        raise ValueError("the last message must be the assistant's")
-    prompt = render_prompt(messages[:-1])
-    return prompt, " " + messages[-1]["content"].strip()
+TEMPLATE_CHOICES = ("auto", "chat_template", "hh")
 
 
-def render_prompt(messages: list[dict[str, str]]) -> str:
-    """Render the turns before an assistant reply, ending with the "\\n\\nAssistant:" cue."""
-    parts = []
+def parse_hh(conversation: str) -> list[dict[str, str]]:
+    """An HH conversation ("\\n\\nHuman: ...\\n\\nAssistant: ...") as chat messages; text before the first turn is a
+    system message."""
+    parts = re.split(r"(\n\nHuman:|\n\nAssistant:)", conversation)
+    messages = [{"role": "system", "content": parts[0].strip()}] if parts[0].strip() else []
+    for marker, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if marker == HUMAN else "assistant", "content": content.strip()})
+    return messages
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list):
+        raise TypeError(f"must be a list of {{'role', 'content'}} messages, got {type(messages).__name__}")
     for message in messages:
-        role, content = message.get("role"), str(message.get("content", "")).strip()
-        if role == "system":
-            parts.append(content)
-        elif role == "user":
-            parts.append(f"{HUMAN} {content}")
-        elif role == "assistant":
-            parts.append(f"{ASSISTANT} {content}")
-        else:
-            raise ValueError(f"unknown role {role!r} (expected system, user or assistant)")
-    return "".join(parts) + ASSISTANT
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise TypeError("every message must be a {'role': ..., 'content': <string>} mapping")
+        if message.get("role") not in ("system", "user", "assistant"):
+            raise ValueError(f"unknown role {message.get('role')!r} (expected system, user or assistant)")
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The special token a chat template closes an assistant turn with (`<|im_end|>`, `<|eot_id|>`), or None."""
+    probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
+    rendered = tokenizer.apply_chat_template(probe, tokenize=False)
+    after = rendered[rendered.rfind("pong") + len("pong"):]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    return tokenizer.convert_ids_to_tokens(ids[0]) if ids and ids[0] in special else None
+
+
+@dataclass(frozen=True)
+class ConversationTemplate:
+    """The one conversation renderer: `chat_template` (the tokenizer's) or `hh` (plain text, no tokenizer needed).
+
+    `render_prompt` ends where the template's generation prompt ends (what PPO and generation continue);
+    `render_conversation` returns that prompt and the final assistant turn, up to and including `end_of_turn` (chat
+    templates) or as " {reply}" (HH, whose EOS each stage appends).
+    """
+
+    name: Literal["chat_template", "hh"] = "hh"
+    tokenizer: Any = None
+    end_of_turn: str | None = None
+
+    def render_prompt(self, messages: list[dict[str, str]]) -> str:
+        _check_messages(messages)
+        if self.name == "chat_template":
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        parts = []
+        for message in messages:
+            role, content = message["role"], message["content"].strip()
+            parts.append(content if role == "system" else f"{HUMAN if role == 'user' else ASSISTANT} {content}")
+        return "".join(parts) + ASSISTANT
+
+    def render_conversation(self, messages: list[dict[str, str]]) -> tuple[str, str]:
+        _check_messages(messages)
+        if not messages or messages[-1]["role"] != "assistant":
+            raise ValueError("the last message must be the assistant's")
+        prompt = self.render_prompt(messages[:-1])
+        reply = messages[-1]["content"]
+        if self.name == "hh":
+            return prompt, " " + reply.strip()
+        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template renders the turns before the reply differently with and without the "
+                             "generation prompt, so no prompt is a prefix of the conversation; set "
+                             "`conversation_template: hh` or fix the template")
+        completion = full[len(prompt):]
+        if self.end_of_turn:  # stop at the end-of-turn token: what the policy generates, and where the RM reads
+            content_end = completion.find(reply.strip())
+            content_end = content_end + len(reply.strip()) if content_end >= 0 else 0
+            cut = completion.find(self.end_of_turn, content_end)
+            if cut >= 0:
+                completion = completion[: cut + len(self.end_of_turn)]
+        return prompt, completion
+
+    def reply_text(self, completion: str) -> str:
+        """A rendered completion without its end-of-turn token: what the assistant said."""
+        return completion.removesuffix(self.end_of_turn) if self.end_of_turn else completion
+
+    def split_hh(self, conversation: str) -> tuple[str, str]:
+        """An HH conversation as (prompt, final reply): cut as written (HH), or parsed and rendered (chat template)."""
+        if self.name == "hh":
+            return split_hh(conversation)
+        return self.render_conversation(parse_hh(conversation))
+
+
+def resolve_template(tokenizer=None, choice: str = "auto") -> ConversationTemplate:
+    """`auto`: the tokenizer's chat template when it has one, HH otherwise (also when no tokenizer is given)."""
+    if choice not in TEMPLATE_CHOICES:
+        raise ValueError(f"conversation_template must be one of {TEMPLATE_CHOICES}, got {choice!r}.")
+    has_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if choice == "chat_template" and not has_template:
+        name = getattr(tokenizer, "name_or_path", None) or "no tokenizer"
+        raise ValueError(f"conversation_template is 'chat_template' but the tokenizer of {name} has no chat template. "
+                         "Use `conversation_template: hh` (or auto), or save a tokenizer with a `chat_template`.")
+    if choice == "hh" or not has_template:
+        return ConversationTemplate("hh")
+    return ConversationTemplate("chat_template", tokenizer, end_of_turn_token(tokenizer))
+
+
+def render_prompt(messages: list[dict[str, str]], tokenizer=None, template: str = "auto") -> str:
+    """The turns before an assistant reply, ending where the template's generation prompt ends."""
+    return resolve_template(tokenizer, template).render_prompt(messages)
+
+
+def render_conversation(messages: list[dict[str, str]], tokenizer=None, template: str = "auto") -> tuple[str, str]:
+    """(prompt, final assistant turn) of a conversation ending with the assistant's reply; see `ConversationTemplate`."""
+    return resolve_template(tokenizer, template).render_conversation(messages)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of rendered text, with one BOS where the tokenizer uses one: a chat template writes its BOS into the
+    text, so the tokenizer adds its own (if it adds one at all) only when the text does not already start with it."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos) and bos in tokenizer("", add_special_tokens=True)["input_ids"]:
+        ids = [bos, *ids]
+    return ids
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -378,43 +482,70 @@ def _text(row: dict, column: str) -> str:
     return value
 
 
-def _split_conversation(conversation: str, column: str) -> tuple[str, str]:
+def _split_conversation(conversation: str, column: str, template: ConversationTemplate) -> tuple[str, str]:
+    if ASSISTANT not in conversation:
+        raise _RowProblem(f"'{column}' has no \"\\n\\nAssistant:\" turn")
     try:
-        return split_hh(conversation)
-    except ValueError as err:
-        raise _RowProblem(f"'{column}' has {err}") from err
+        return template.split_hh(conversation)
+    except (ValueError, TypeError) as err:
+        raise _RowProblem(f"'{column}': {err}") from err
 
 
-def _format_sft(row: dict, fmt: str, report: DataReport, row_number: int) -> dict[str, str]:
+def _render(column: str, render: Callable, messages: Any) -> Any:
+    try:
+        return render(messages)
+    except (ValueError, TypeError, AttributeError, KeyError) as err:
+        raise _RowProblem(f"'{column}' {err}") from err
+
+
+def _prompt_of(row: dict, template: ConversationTemplate) -> str:
+    """`prompt` as written (text), or rendered up to the generation prompt (a list of messages)."""
+    if isinstance(row["prompt"], list):
+        return _render("prompt", template.render_prompt, row["prompt"])
+    return _text(row, "prompt")
+
+
+def _pair_side(row: dict, column: str, template: ConversationTemplate) -> tuple[str, str]:
+    """(prompt, reply) of `chosen`/`rejected`: text as written, or a list of messages rendered as a conversation: the
+    whole conversation (UltraFeedback's layout), or the reply alone after the `prompt` turns (TRL's layout)."""
+    value = row[column]
+    if not isinstance(value, list):
+        return _prompt_of(row, template), _text(row, column)
+    if len(value) == 1:
+        prompt = row["prompt"]
+        value = (prompt if isinstance(prompt, list) else [{"role": "user", "content": _text(row, "prompt")}]) + value
+    return _render(column, template.render_conversation, value)
+
+
+def _format_sft(row: dict, fmt: str, report: DataReport, row_number: int,
+                template: ConversationTemplate) -> dict[str, str]:
     if fmt == "text":
         text = _text(row, "text")
         if not text.strip():
             raise _RowProblem("empty text")
         return {"text": text}
     if fmt == "prompt_completion":
-        prompt, completion = _text(row, "prompt"), _text(row, "completion")
+        prompt, completion = _prompt_of(row, template), _text(row, "completion")
     elif fmt == "messages":
-        try:
-            prompt, completion = render_messages(row["messages"])
-        except (ValueError, TypeError, AttributeError, KeyError) as err:
-            raise _RowProblem(f"'messages' {err}") from err
+        prompt, completion = _render("messages", template.render_conversation, row["messages"])
     elif fmt == "hh":
-        prompt, completion = _split_conversation(_text(row, "chosen"), "chosen")
+        prompt, completion = _split_conversation(_text(row, "chosen"), "chosen", template)
     elif fmt == "preference":
-        prompt, completion = _text(row, "prompt"), _text(row, "chosen")
+        prompt, completion = _pair_side(row, "chosen", template)
     else:  # ranking: learn from the best response
         responses = row["responses"]
         if not isinstance(responses, list) or not responses:
             raise _RowProblem("'responses' must be a non-empty list")
-        prompt, completion = _text(row, "prompt"), str(responses[0])
+        prompt, completion = _prompt_of(row, template), str(responses[0])
     if not prompt.strip():
         raise _RowProblem("empty prompt")
-    if not completion.strip():
+    if not template.reply_text(completion).strip():
         raise _RowProblem("empty completion (SFT has nothing to learn from it)")
     return {"prompt": prompt, "completion": completion}
 
 
-def _format_reward(row: dict, fmt: str, report: DataReport, row_number: int) -> dict[str, Any]:
+def _format_reward(row: dict, fmt: str, report: DataReport, row_number: int,
+                   template: ConversationTemplate) -> dict[str, Any]:
     if fmt == "ranking":
         responses = row["responses"]
         if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
@@ -425,7 +556,7 @@ def _format_reward(row: dict, fmt: str, report: DataReport, row_number: int) -> 
             raise _RowProblem(f"a ranking has at most {MAX_RANKING_SIZE} responses (InstructGPT's K)")
         if len(set(responses)) < len(responses):
             raise _RowProblem("a ranking repeats a response")
-        prompt = _text(row, "prompt")
+        prompt = _prompt_of(row, template)
         if not prompt.strip():
             raise _RowProblem("empty prompt")
         if not responses[0].strip():
@@ -435,41 +566,44 @@ def _format_reward(row: dict, fmt: str, report: DataReport, row_number: int) -> 
         chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
         if chosen == rejected:
             raise _RowProblem("chosen equals rejected")
-        prompt, chosen_reply = _split_conversation(chosen, "chosen")
-        rejected_prompt, rejected_reply = _split_conversation(rejected, "rejected")
-        if rejected_prompt != prompt:
-            # Real HH has a few pairs that part before the last turn: compare them as whole conversations.
-            report.note("pair differs before the final assistant turn (compared as whole conversations)", row_number)
-            prompt, chosen_reply, rejected_reply = "", chosen, rejected
+        prompt, chosen_reply = _split_conversation(chosen, "chosen", template)
+        rejected_prompt, rejected_reply = _split_conversation(rejected, "rejected", template)
     else:  # preference
-        prompt, chosen_reply, rejected_reply = _text(row, "prompt"), _text(row, "chosen"), _text(row, "rejected")
-        if chosen_reply == rejected_reply:
+        prompt, chosen_reply = _pair_side(row, "chosen", template)
+        rejected_prompt, rejected_reply = _pair_side(row, "rejected", template)
+        if chosen_reply == rejected_reply and prompt == rejected_prompt:
             raise _RowProblem("chosen equals rejected")
         if not prompt.strip():
             raise _RowProblem("empty prompt")
-    if not chosen_reply.strip():
+    if rejected_prompt != prompt:
+        # Real HH has a few pairs that part before the last turn: compare them as whole conversations.
+        report.note("pair differs before the final assistant turn (compared as whole conversations)", row_number)
+        prompt, chosen_reply, rejected_reply = "", prompt + chosen_reply, rejected_prompt + rejected_reply
+    if not template.reply_text(chosen_reply).strip():
         report.note("empty preferred response", row_number)
     return {"prompt": prompt, "chosen": chosen_reply, "rejected": rejected_reply}
 
 
-def _format_prompt(row: dict, fmt: str, report: DataReport, row_number: int) -> dict[str, str]:
+def _format_prompt(row: dict, fmt: str, report: DataReport, row_number: int,
+                   template: ConversationTemplate) -> dict[str, str]:
     if fmt == "hh":
-        prompt, _ = _split_conversation(_text(row, "chosen"), "chosen")
+        prompt, _ = _split_conversation(_text(row, "chosen"), "chosen", template)
     elif fmt == "messages":
         messages = row["messages"]
-        try:
-            turns = messages[:-1] if messages and messages[-1].get("role") == "assistant" else messages
-            prompt = render_prompt(turns)
-        except (ValueError, TypeError, AttributeError) as err:
-            raise _RowProblem(f"'messages' {err}") from err
+        if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
+                and messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+        prompt = _render("messages", template.render_prompt, messages)
+    elif fmt == "preference" and isinstance(row["chosen"], list):
+        prompt, _ = _pair_side(row, "chosen", template)
     else:
-        prompt = _text(row, "prompt")
+        prompt = _prompt_of(row, template)
     if not prompt.strip():
         raise _RowProblem("empty prompt")
     return {"prompt": prompt}
 
 
-FORMATTERS: dict[str, Callable[[dict, str, DataReport, int], dict[str, Any]]] = {
+FORMATTERS: dict[str, Callable[[dict, str, DataReport, int, ConversationTemplate], dict[str, Any]]] = {
     "sft": _format_sft,
     "reward": _format_reward,
     "prompts": _format_prompt,
@@ -488,12 +622,14 @@ def format_split(
     max_prompt_tokens: int | None = None,
     prompt_overflow: str = "truncate_left",
     max_length: int | None = None,
+    template: ConversationTemplate | None = None,
 ) -> tuple[Dataset, DataReport]:
     """Validate and format one split for `stage`; return the clean split and its report.
 
-    With a tokenizer and `max_length`, responses that will not fit beside their prompt (plus EOS) are counted in
-    the report as truncated (the trainers cut them).
+    Conversations are rendered with `template` (HH when None). With a tokenizer and `max_length`, responses that will
+    not fit beside their prompt (plus EOS) are counted in the report as truncated (the trainers cut them).
     """
+    template = template or ConversationTemplate()
     report = DataReport(source=source, split=split, stage=stage, rows_read=len(dataset))
     formatter = FORMATTERS[stage]
     columns = FORMAT_COLUMNS[fmt]
@@ -508,7 +644,7 @@ def format_split(
         if type_problems:
             continue
         try:
-            formatted = formatter(row, fmt, report, row_number)
+            formatted = formatter(row, fmt, report, row_number, template)
             if max_prompt_tokens is not None and tokenizer is not None and "prompt" in formatted:
                 formatted["prompt"] = _fit_prompt(formatted["prompt"], tokenizer, max_prompt_tokens,
                                                   prompt_overflow, report, row_number)
@@ -580,10 +716,12 @@ def load_stage_dataset(
     """Load `script_args.dataset_name` (or `dataset_name`) and return `{train, test?}` formatted for `stage`.
 
     Reads `dataset_format`, `dataset_train_split`, `dataset_test_split`, `eval_split_size`, `max_train_samples`,
-    `max_eval_samples`, `invalid_rows` and `prompt_overflow` from `script_args`. With `max_length`, responses the
-    trainer will cut are counted. With `report_dir` the reports are saved there (`data_report.json`) at once; a
-    report that dropped, cut or noted rows is printed at WARNING level with that path.
+    `max_eval_samples`, `invalid_rows`, `prompt_overflow` and `conversation_template` from `script_args`;
+    conversations are rendered with `tokenizer`'s chat template unless that says `hh` (or there is none). With
+    `max_length`, responses the trainer will cut are counted. With `report_dir` the reports are saved there
+    (`data_report.json`) at once; a report that dropped, cut or noted rows is printed at WARNING level with that path.
     """
+    template = resolve_template(tokenizer, getattr(script_args, "conversation_template", "auto"))
     name = dataset_name or script_args.dataset_name
     if not name:
         raise DataError("No dataset given: set `dataset_name` (a Hub id or a local file) in the recipe.")
@@ -596,6 +734,8 @@ def load_stage_dataset(
     if fmt == "auto":
         fmt = detect_format(raw[train_split].column_names, name, stage)
     _check_columns(raw[train_split].column_names, fmt, name, stage)
+    logger.info("%s: %s rows, conversations rendered with the %s template.", name, fmt,
+                "tokenizer's chat" if template.name == "chat_template" else "HH")
 
     selected = {"train": raw[train_split]}
     if test_split in raw:
@@ -609,7 +749,7 @@ def load_stage_dataset(
         result[split], report = format_split(
             dataset, stage=stage, fmt=fmt, source=name, split=split, invalid_rows=script_args.invalid_rows,
             tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens, prompt_overflow=script_args.prompt_overflow,
-            max_length=max_length,
+            max_length=max_length, template=template,
         )
         reports.append(report)
     path = None
@@ -647,25 +787,30 @@ def save_reports(reports: list[DataReport], output_dir: str | os.PathLike) -> Pa
 
 
 def tokenize_prompts(dataset: Dataset, tokenizer) -> Dataset:
-    """Add `input_ids` of each prompt (no special tokens: GPT-2 adds none, and the prompt ends the context)."""
-    return dataset.map(lambda row: {"input_ids": tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]},
-                       desc="Tokenizing prompts")
+    """Add `input_ids` of each prompt (`encode_text`: no EOS, one BOS where the tokenizer uses one)."""
+    return dataset.map(lambda row: {"input_ids": encode_text(tokenizer, row["prompt"])}, desc="Tokenizing prompts")
 
 
-def tokenize_texts(name_or_path: str, tokenizer, max_length: int) -> Dataset:
-    """Pretraining-style text for PPO-ptx: a `text` column, or prompt + completion, cut to `max_length` tokens."""
+def tokenize_texts(name_or_path: str, tokenizer, max_length: int, template: ConversationTemplate | None = None
+                   ) -> Dataset:
+    """Pretraining-style text for PPO-ptx, cut to `max_length` tokens and ended with EOS: a `text` column, or
+    prompt + completion, or the conversations of `messages` or HH `chosen` rendered with `template` (HH when None)."""
+    template = template or ConversationTemplate()
     raw = load_raw_dataset(name_or_path)["train"]
     columns = set(raw.column_names)
     if "text" in columns:
         texts = [t for t in raw["text"] if isinstance(t, str) and t.strip()]
     elif {"prompt", "completion"} <= columns:
         texts = [p + c for p, c in zip(raw["prompt"], raw["completion"])]
+    elif "messages" in columns:
+        texts = ["".join(template.render_conversation(m)) for m in raw["messages"]]
     elif "chosen" in columns:  # HH-style preference data: the preferred conversations are demonstrations
         texts = [c for c in raw["chosen"] if isinstance(c, str) and c.strip()]
+        if template.name == "chat_template":
+            texts = ["".join(template.split_hh(c)) for c in texts if ASSISTANT in c]
     else:
-        raise DataError(f"{name_or_path}: the ptx dataset needs a `text` column (or `prompt` and `completion`, or "
-                        "HH `chosen`); "
-                        f"found {sorted(columns)}.")
+        raise DataError(f"{name_or_path}: the ptx dataset needs a `text` column (or `prompt` and `completion`, "
+                        f"`messages`, or HH `chosen`); found {sorted(columns)}.")
     eos = tokenizer.eos_token
-    ids = [tokenizer(t + eos, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+    ids = [encode_text(tokenizer, t if t.endswith(eos) else t + eos)[:max_length] for t in texts]
     return Dataset.from_dict({"input_ids": ids})

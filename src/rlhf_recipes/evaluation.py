@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .data import encode_text
 from .evaluation_metrics import distinct_n, eos_fraction, markdown_table, mean_std, win_rate
 from .models import reward_scores
 from .ppo.core import first_true_indices, logprobs_from_logits, truncate_after_stop_token
@@ -65,7 +66,7 @@ def sample_responses(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     torch.manual_seed(seed)
     queries, responses = [], []
     policy.eval()
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    ids = [encode_text(tokenizer, p) for p in prompts]
     for start in range(0, len(ids), batch_size):
         q = _left_pad(ids[start: start + batch_size], pad).to(policy.device)
         out = policy.generate(input_ids=q, attention_mask=(q != pad).long(), generation_config=config)

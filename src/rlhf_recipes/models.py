@@ -30,6 +30,7 @@ from transformers import (
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from .config import ConfigError, UserError
+from .data import resolve_template
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +173,14 @@ def load_tokenizer(
     revision: str = "main",
     trust_remote_code: bool = False,
     padding_side: str = "right",
+    conversation_template: str = "auto",
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer by Hub id or local path and make sure its pad token is not its EOS token."""
+    """Load a tokenizer by Hub id or local path and make sure its pad token is not its EOS token.
+
+    When conversations will be rendered with the tokenizer's chat template (`conversation_template`, see
+    `rlhf_recipes.data.resolve_template`), the template's end-of-turn token becomes the EOS: SFT appends it, PPO
+    stops at it and the reward model reads its score there. The tokenizer saved with each stage carries it on.
+    """
     check_model_source(name_or_path, "tokenizer", revision)
     adapter_base = _adapter_base(name_or_path)
     source = name_or_path if _has_tokenizer(name_or_path) or adapter_base is None else adapter_base
@@ -183,6 +190,11 @@ def load_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ModelError(f"Could not load the tokenizer of {source}: {err}") from err
+    end_of_turn = resolve_template(tokenizer, conversation_template).end_of_turn
+    if end_of_turn is not None and end_of_turn != tokenizer.eos_token:
+        logger.info("EOS of %s: %r -> %r, the chat template's end of turn.", name_or_path, tokenizer.eos_token,
+                    end_of_turn)
+        tokenizer.eos_token = end_of_turn
     if tokenizer.eos_token is None:
         raise ModelError(
             f"The tokenizer of {name_or_path} has no EOS token; set one with `--eos_token` or save a tokenizer "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_recipe
 from trl import ModelConfig, SFTConfig
 
 from rlhf_recipes.config import ConfigError, ScriptArguments, check_config_keys, parse_recipe_args
@@ -24,6 +24,18 @@ def recipe_with(tmp_path: Path, extra: str) -> Path:
 def test_every_shipped_sft_recipe_has_only_known_keys():
     for recipe in (DEMO_SFT, REPO / "recipes/gpt2/sft.yaml"):
         assert check_config_keys(recipe, DATACLASSES)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "smollm2"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
+def test_every_model_family_recipe_parses(family, stage):
+    """Keys and values (choices, types) of each real recipe; bf16 off only because this CPU has none."""
+    module = load_recipe(stage)
+    recipe = REPO / f"recipes/{family}/{stage}.yaml"
+    script_args, training_args, model_args = parse_recipe_args(module.DATACLASSES,
+                                                               ["--config", str(recipe), "--bf16", "false"])
+    assert training_args.output_dir == f"runs/{family}/{stage}"
+    assert script_args.conversation_template == ("chat_template" if family == "smollm2" else "auto")
 
 
 def test_unknown_yaml_key_names_the_key_the_file_and_the_close_match(tmp_path):

@@ -16,7 +16,7 @@ from rlhf_recipes.data import (
     load_raw_dataset,
     load_stage_dataset,
     read_jsonl,
-    render_messages,
+    render_conversation,
     render_prompt,
     split_hh,
 )
@@ -94,14 +94,14 @@ def test_messages_render_in_the_hh_template():
         {"role": "user", "content": "Something lighter?"},
         {"role": "assistant", "content": " Try Paddington 2. "},
     ]
-    prompt, completion = render_messages(messages)
+    prompt, completion = render_conversation(messages)
     assert prompt == "\n\nHuman: Recommend a film.\n\nAssistant: Try Alien.\n\nHuman: Something lighter?\n\nAssistant:"
     assert completion == " Try Paddington 2."
     # Rendered conversations split back exactly like HH rows do.
     assert split_hh(prompt + completion) == (prompt, completion)
     assert render_prompt(messages[:1]) == "\n\nHuman: Recommend a film.\n\nAssistant:"
     with pytest.raises(ValueError, match="assistant"):
-        render_messages(messages[:1])
+        render_conversation(messages[:1])
     with pytest.raises(ValueError, match="unknown role"):
         render_prompt([{"role": "robot", "content": "beep"}])
 

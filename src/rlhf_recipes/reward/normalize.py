@@ -23,7 +23,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from ..data import DataReport, detect_format, format_split, load_raw_dataset
+from ..data import DataReport, detect_format, format_split, load_raw_dataset, resolve_template
 from .trainer import RewardDataCollator, encode_response, sequence_rewards
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,10 @@ logger = logging.getLogger(__name__)
 def load_reference_set(
     name: str, *, samples: int, tokenizer: PreTrainedTokenizerBase | None = None,
     max_prompt_tokens: int | None = None, split: str = "train", config: str | None = None,
+    conversation_template: str = "auto",
 ) -> tuple[Dataset, DataReport]:
-    """The first `samples` rows of a dataset in any SFT format, as `prompt`, `completion` rows (or `text`)."""
+    """The first `samples` rows of a dataset in any SFT format, as `prompt`, `completion` rows (or `text`), rendered
+    like the training data (`conversation_template`)."""
     raw = load_raw_dataset(name, config)
     if split not in raw:
         split = "train"
@@ -41,7 +43,8 @@ def load_reference_set(
     dataset = dataset.select(range(min(samples, len(dataset))))
     fmt = detect_format(dataset.column_names, name, "sft")
     return format_split(dataset, stage="sft", fmt=fmt, source=name, split=f"{split} (normalisation)",
-                        tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens)
+                        tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
+                        template=resolve_template(tokenizer, conversation_template))
 
 
 def reference_from_comparisons(dataset: Dataset, samples: int) -> Dataset:

@@ -31,6 +31,7 @@ from trl import RewardTrainer as TrlRewardTrainer
 from trl.trainer.utils import pad
 
 from ..checkpoints import SafeTrainerMixin
+from ..data import encode_text
 from .config import RewardConfig
 from .losses import expand_ranking, group_rewards, grouped_ranking_loss, pairwise_loss, ranking_differences
 
@@ -48,13 +49,17 @@ def encode_response(
 ) -> tuple[list[int], bool]:
     """Token ids of `prompt + response + EOS`, at most `max_length` of them; and whether the response was cut.
 
-    The EOS is always the last token: it is where the reward is read. An over-long response is cut at its end; when
+    The EOS (a chat template's end-of-turn token, see `models.load_tokenizer`) is always the last token, once: it is
+    where the reward is read, and where PPO stops the policy. An over-long response is cut at its end; when
     there is no separate prompt (HH pairs compared as whole conversations) the conversation is cut at its start,
     because the part that differs is at the end.
     """
     eos = tokenizer.eos_token_id
-    prompt_ids = tokenizer(prompt)["input_ids"] if prompt else []
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    # Tokenised apart, as PPO sees them: the prompt's ids, then the sampled response's. With no prompt the response is
+    # a whole conversation and gets the BOS (`encode_text`: never a second one over a chat template's).
+    prompt_ids = encode_text(tokenizer, prompt) if prompt else []
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] if prompt else encode_text(tokenizer,
+                                                                                                         response)
     if response_ids and response_ids[-1] == eos:
         response_ids = response_ids[:-1]
     truncated = False
