@@ -74,6 +74,7 @@ class DataError(UserError, ValueError):
 # What each column the formats read must hold. A wrong type stops the run (the file is wrong, not one row); a null
 # or missing value is treated like an empty one (dropped or raised per `invalid_rows`).
 STRING_COLUMNS = ("prompt", "completion", "text", "chosen", "rejected")
+CONVERSATIONAL_COLUMNS = ("prompt", "completion", "chosen", "rejected")
 LIST_COLUMNS = {"responses": "a list of strings (best first)",
                 "messages": 'a list of {"role": ..., "content": ...} objects'}
 SHOWN_PROBLEMS = 5
@@ -147,7 +148,13 @@ def column_type_problem(column: str, value: Any) -> str | None:
     if value is None:
         return None
     if column in STRING_COLUMNS:
-        return None if isinstance(value, str) else f"expected a string, got {_describe(value)}"
+        if isinstance(value, list) and column in CONVERSATIONAL_COLUMNS:
+            # TRL's conversational layout: the prompt or a response as a list of messages.
+            return column_type_problem("messages", value)
+        if isinstance(value, str):
+            return None
+        expected = "a string or a list of messages" if column in CONVERSATIONAL_COLUMNS else "a string"
+        return f"expected {expected}, got {_describe(value)}"
     if column == "responses":
         if not isinstance(value, list):
             return f"expected {LIST_COLUMNS[column]}, got {_describe(value)}"

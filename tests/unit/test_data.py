@@ -305,8 +305,8 @@ def test_long_prompts_dropped_or_raised_as_configured(tmp_path, tokenizer):
 WRONG_TYPES = [
     # (rows, stage, line, column, words of the message)
     ([{"prompt": "a", "completion": " x"}, {"prompt": "b", "completion": 42}], "sft", 2, "completion",
-     "expected a string, got a number (42)"),
-    ([{"prompt": ["a"], "completion": " x"}], "sft", 1, "prompt", "expected a string, got a list"),
+     "expected a string or a list of messages, got a number (42)"),
+    ([{"prompt": ["a"], "completion": " x"}], "sft", 1, "prompt", "message 1 is a string ('a')"),
     ([{"text": "fine"}, {"text": {"body": "x"}}], "sft", 2, "text", "expected a string, got an object"),
     ([{"prompt": "p", "chosen": " a", "rejected": True}], "reward", 1, "rejected", "got a boolean"),
     ([{"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": 3.5}], "reward", 1, "rejected", "got a number"),
@@ -321,7 +321,8 @@ WRONG_TYPES = [
     ([{"messages": ["hi", {"role": "assistant", "content": "x"}]}], "prompts", 1, "messages",
      "message 1 is a string ('hi')"),
     ([{"messages": "hi"}], "prompts", 1, "messages", "expected a list of"),
-    ([{"prompt": 12}], "prompts", 1, "prompt", "expected a string, got a number (12)"),
+    ([{"prompt": 12}], "prompts", 1, "prompt",
+     "expected a string or a list of messages, got a number (12)"),
 ]
 
 
@@ -357,11 +358,11 @@ def test_other_sources_are_type_checked_too(tmp_path):
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerows([["prompt", "completion"], [1, 2], [3, 4]])
-    with pytest.raises(DataError, match=r"row 1, column 'prompt': expected a string, got a number \(1\)"):
+    with pytest.raises(DataError, match=r"row 1, column 'prompt': expected a string or a list of messages, got a number \(1\)"):
         load_stage_dataset(args(path), "sft")
     as_json = tmp_path / "data.json"
     as_json.write_text(json.dumps([{"prompt": "a", "completion": " b"}, {"prompt": "a", "completion": [" b"]}]))
-    with pytest.raises(DataError, match=r"item 2, column 'completion': expected a string, got a list"):
+    with pytest.raises(DataError, match=r"item 2, column 'completion': .*message 1 is a string"):
         load_stage_dataset(args(as_json), "sft")
 
 
@@ -403,4 +404,4 @@ def test_report_goes_to_the_console_as_a_warning_with_counts_rows_and_file(tmp_p
     caplog.clear()
     with caplog.at_level("INFO", logger="rlhf_recipes.data"):
         load_stage_dataset(args(clean), "sft")
-    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert caplog.records and {r.levelname for r in caplog.records} == {"INFO"}
