@@ -74,6 +74,13 @@ class PPOConfig(TrainingArguments):
     )
     ptx_max_length: int = field(default=128, metadata={"help": "Token length of ptx sequences."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    generation_backend: str = field(
+        default="generate", metadata={
+            "help": "How rollouts are sampled: 'generate' (transformers' generate, dynamic KV cache; any model), "
+                    "'static' (our decode loop over a static KV cache, no host-device sync per token) or 'compile' "
+                    "(static + torch.compile'd decode step; CUDA graphs on a GPU).",
+            "choices": ["generate", "static", "compile"]}
+    )
     non_finite: str = field(
         default="stop", metadata={"help": "A NaN/inf loss, score or KL: 'stop' the run, or 'skip' the batch.",
                                   "choices": ["stop", "skip"]}
@@ -83,6 +90,9 @@ class PPOConfig(TrainingArguments):
         super().__post_init__()
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
+        if self.generation_backend not in ("generate", "static", "compile"):
+            raise ValueError(f"generation_backend must be 'generate', 'static' or 'compile', got "
+                             f"{self.generation_backend!r}.")
         if self.ptx_coef > 0 and not self.ptx_dataset:
             raise ValueError("ptx_coef > 0 needs a ptx_dataset (pretraining or SFT text); set one or ptx_coef: 0.")
         if self.target_kl is not None and self.target_kl <= 0:
