@@ -127,6 +127,8 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         super().__init__(model=wrapper, args=args, processing_class=processing_class, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, callbacks=callbacks)
         self.ref_model, self.reward_model = ref_model, reward_model
+        # what the accelerator does, not only what was asked (`accelerate launch --mixed_precision no` wins)
+        self.mixed_precision = self.accelerator.mixed_precision in ("bf16", "fp16")
         self.ptx_dataset = ptx_dataset
         self.kl_ctl = core.make_kl_controller(args.kl_coef, args.target_kl, args.kl_horizon)
         self.pad_token_id = processing_class.pad_token_id
@@ -145,7 +147,6 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         # incremental (KV-cache) matmuls whose half-precision rounding differs from a full forward's, so in mixed
         # precision the rollout's log-probs are recomputed by the same full forward (same shapes, same autocast, fp32
         # log-softmax) the PPO epochs use: with no update the ratio is then 1 and the KL to an equal reference 0.
-        self.mixed_precision = bool(args.bf16 or args.fp16)
         self.sampler = (StaticSampler(compile_step=args.generation_backend == "compile")
                         if args.generation_backend != "generate" else None)
 
@@ -187,6 +188,9 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
             self.deepspeed = self.model
         self.ref_model = self._prepare_frozen(self.ref_model)
         self.reward_model = self._prepare_frozen(self.reward_model)
+        logger.warning("PPO precision: %s; generation backend: %s.", f"{self.accelerator.mixed_precision} autocast "
+                       "(fp32 weights and optimizer state)" if self.mixed_precision else "fp32",
+                       args.generation_backend)
 
     def _unwrapped(self) -> PolicyAndValue:
         return self.accelerator.unwrap_model(self.model)
