@@ -15,7 +15,7 @@ import os
 import platform
 import shlex
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,15 +68,28 @@ class Case:
     tier: str = "default"  # quick < default < full: which selections include it
     est_s: int = 30  # rough duration on the 2-core CPU, for the time budget
     precision: str = "fp32"  # bf16: autocast (`--bf16 true`); `run.py --bf16` turns every case to bf16
+    work: tuple = ()  # ((key, value), ...) overriding the profile's work: the points of `run.py --sweep`
 
     @property
     def name(self) -> str:
         suffix = "-bf16" if self.precision == "bf16" else ""
-        return f"{self.stage}-{self.size}-{self.method}-{self.launch}{suffix}"
+        swept = "".join(f"@{key}={value}" for key, value in self.work)
+        return f"{self.stage}-{self.size}-{self.method}-{self.launch}{suffix}{swept}"
 
     @property
     def distributed(self) -> bool:
         return self.launch != "1proc"
+
+
+def sweep_cases(cases: list[Case], sweeps: list[str]) -> list[Case]:
+    """`key=v1,v2,...` for each sweep: every case at each value of one key at a time (the rest from the profile)."""
+    out = []
+    for sweep in sweeps:
+        key, _, values = sweep.partition("=")
+        if not values:
+            raise ValueError(f"--sweep {sweep!r}: write key=v1,v2 (e.g. response_length=16,64).")
+        out += [replace(case, work=((key, int(v)),)) for v in values.split(",") for case in cases]
+    return out
 
 
 def _cases() -> list[Case]:
@@ -140,7 +153,7 @@ def recipe_args(case: Case, paths: dict[str, str], output_dir: str, profile: str
 
     `work` overrides the profile's batch/steps/lengths for this case.
     """
-    work = {**PROFILES[profile][case.size][case.stage], **(work or {})}
+    work = {**PROFILES[profile][case.size][case.stage], **dict(case.work), **(work or {})}
     local = max(1, work["batch"] // world_size)  # this process's share of the global batch
     recipe = RECIPES[case.stage]
     stage_data = {"sft": "sft_train", "rm": "reward_train", "ppo": "prompts_train", "grpo": "prompts_train"}[case.stage]

@@ -46,6 +46,7 @@ from harness import (  # noqa: E402
     row_to_json,
     select_cases,
     summarise,
+    sweep_cases,
     user_command,
 )
 
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_processes", type=int, default=2, help="processes of the distributed cases")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
                         help="OMP_NUM_THREADS of every process (default 1: the 2-core CPU is shared)")
+    parser.add_argument("--sweep", action="append", default=[],
+                        help="run the cases at each value of one work key, e.g. 'response_length=16,64' or "
+                             "'batch=4,16' (repeatable; rows are named case@key=value)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the selected cases this many times, alternating, and keep each case's median run")
     parser.add_argument("--budget_min", type=float, default=14.0,
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tier = "quick" if args.quick else "full" if args.full else "default"
     cases = select_cases(tier, args.cases.split(",") if args.cases else None)
+    if args.sweep:
+        cases = sweep_cases(cases, args.sweep)
     if args.list:
         for case in select_cases("full"):
             print(f"{case.name:32s} tier={case.tier:8s} ~{case.est_s}s")

@@ -221,3 +221,14 @@ def test_merge_rows_replaces_measured_cases_and_keeps_run_order():
     assert [r.case for r in merged] == ["ppo-124m-lora-1proc", "sft-tiny-full-1proc"]  # registry order
     assert merged[0].throughput == 2.0 and merged[0].status == "ok"
     assert merged[1].throughput == 1.0 and merged[1].status == "ok"  # a skip does not erase a measurement
+
+
+def test_sweep_points_override_one_work_key_each():
+    base = harness.Case("ppo", "124m", precision="bf16")
+    cases = harness.sweep_cases([base], ["response_length=16,64", "batch=4"])
+    assert [c.name for c in cases] == ["ppo-124m-full-1proc-bf16@response_length=16",
+                                       "ppo-124m-full-1proc-bf16@response_length=64", "ppo-124m-full-1proc-bf16@batch=4"]
+    flags = dict(zip(*[iter(harness.recipe_args(cases[1], {"policy": "P", "reward": "R", "data": "D"}, "O"))] * 2))
+    assert flags["--response_length"] == "64" and flags["--per_device_train_batch_size"] == "8"
+    with pytest.raises(ValueError, match="key=v1,v2"):
+        harness.sweep_cases([base], ["batch"])
