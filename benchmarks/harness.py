@@ -326,6 +326,8 @@ def summarise(case: Case, ranks: list[dict], wall_s: float | None = None, comman
         row.status = "failed"
         return row
     first = ranks[0]
+    if first.get("mixed_precision") in ("bf16", "fp16", "no"):
+        row.precision = {"no": "fp32"}.get(first["mixed_precision"], first["mixed_precision"])
     row.params_m = first.get("params", 0) / 1e6 if first.get("params") else None
     row.trainable_m = first.get("trainable", 0) / 1e6 if first.get("trainable") is not None else None
     rss = [r["peak_rss_mib"] for r in ranks]

@@ -169,6 +169,8 @@ def run(case: str, stage: str, result_dir: str, recipe_argv: list[str]) -> None:
                "step_cpu_times": timer.step_cpu_times(), "tokens": timer.tokens,
                "padded_tokens": timer.padded_tokens, "params": params, "trainable": trainable,
                "process_s": now() - start, "world_size": trainer.accelerator.num_processes}
+    # what the run really used (a recipe setting such as auto_bf16 can override the case's flag)
+    payload["mixed_precision"] = trainer.accelerator.mixed_precision
     if stage in ("ppo", "grpo"):
         payload["phases"] = {k: list(v) for k, v in captured["phases"].items()}
         payload["shapes"] = captured["shapes"]

@@ -163,9 +163,10 @@ def test_summarise_rl_phases_mfu_and_invariants():
     shapes = [{"batch": 8, "prompt": 10, "response": 32, "response_tokens": 200}] * 2
     model = {"layers": 12, "width": 768, "vocab": 50258}
     rank = fake_rank(steps=(30.0, 8.0), tokens=(0, 0), episodes_per_update=8, phases=phases, shapes=shapes,
-                     model=model, epochs=1, invariants=[{"kl": 1e-4, "ratio": 1.0}, {"kl": -3e-4, "ratio": 0.9995}])
+                     model=model, epochs=1, mixed_precision="bf16", invariants=[{"kl": 1e-4, "ratio": 1.0}, {"kl": -3e-4, "ratio": 0.9995}])
     case = harness.Case("ppo", "124m", "full", precision="bf16")
-    row = harness.summarise(case, [rank], peaks={"bf16": 1e12, "fp32": 1e11})
+    row = harness.summarise(case, [rank], peaks={"bf16": 1e12, "fp32": 1e11}, precision="fp32")
+    # the precision the run reports wins over the one it was asked for
     assert row.precision == "bf16" and case.name == "ppo-124m-full-1proc-bf16"
     assert row.phase_tokens_per_s["generate"] == pytest.approx(200 / 2.0)
     assert row.phase_tokens_per_s["optimise"] == pytest.approx(8 * 42 / 4.0)
