@@ -25,6 +25,8 @@ DEMO_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=$${OMP_NUM_TH
 LAUNCH = $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES)
 ifeq ($(MODEL),demo)
 LAUNCH += --mixed_precision no
+# The demo's PPO runs in bf16 autocast where the CPU has AMX bf16, fp32 elsewhere (the YAML, which tests run, is fp32)
+PPO_ARGS ?= --auto_bf16 true
 endif
 
 .PHONY: install install-latest lock demo demo-results check-demo sft reward ppo pipeline eval plots push test test-all lint bench clean
@@ -71,7 +73,7 @@ check-demo: demo
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --check $(DEMO_RESULTS)
 
 sft reward ppo: $(BIN)/rlhf-installed
-	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(ARGS)
+	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(if $(filter ppo,$@),$(PPO_ARGS)) $(ARGS)
 
 pipeline: $(BIN)/rlhf-installed
 	$(MAKE) sft CONFIG=

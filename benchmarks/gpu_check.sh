@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared check for a CUDA machine, under 8 minutes on one H100: the three stages of the 124M-shape GPT-2 in
-# bf16 for a few steps each (SFT, reward model, PPO full and LoRA), including DeepSpeed ZeRO-2 runs, through the
+# bf16 for a few steps each (PPO full and LoRA, TRL GRPO for reference, SFT, reward model), with ZeRO-2 runs, through the
 # same harness as `make bench` (benchmarks/run.py, GPU work profile). Figures (throughput, torch's peak GPU memory,
 # peak RSS, PPO time split) go to benchmarks/results/gpu-<device>.md and .json.
 #
@@ -32,7 +32,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
 # The harness imports the package too: work from a checkout without `pip install -e .` as well.
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-CASES="sft-124m-full-1proc,rm-124m-full-1proc,ppo-124m-full-1proc,ppo-124m-lora-1proc,sft-124m-full-zero2,ppo-124m-full-zero2"
+CASES="ppo-124m-full-1proc,ppo-124m-lora-1proc,grpo-124m-full-1proc,sft-124m-full-1proc,rm-124m-full-1proc,sft-124m-full-zero2,ppo-124m-full-zero2"
 
 # The harness skips what would pass its budget (7 min); `timeout` is the hard stop before 8 minutes.
 start=$(date +%s)

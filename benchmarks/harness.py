@@ -1,8 +1,10 @@
 """The benchmark's cases, commands, summaries and Markdown report. Pure Python (no torch), so it is unit-tested fast.
 
-A *case* is one stage (sft, rm, ppo) x model size (tiny, 124m) x method (full, lora, qlora) x launch (1proc, ddp,
-zero2, zero3). `run.py` runs each case in its own process (or `accelerate launch` group), which writes one JSON per
-rank (`measure.write_result`); `summarise` turns those into a table row.
+A *case* is one stage (sft, rm, ppo; grpo = TRL's GRPOTrainer as a reference) x model size (tiny, 124m) x method
+(full, lora, qlora) x launch (1proc, ddp, zero2, zero3) x precision (fp32, bf16). `run.py` runs each case in its own
+process (or `accelerate launch` group), which writes one JSON per rank (`measure.write_result`); `summarise` turns
+those into a table row, with the FLOPs of each RL phase counted from the shapes the run saw (`phase_flops`) and
+divided by the device's measured peak (`measure.peak_flops`) for the MFU.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import os
 import platform
 import shlex
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("sft", "rm", "ppo")
-RECIPES = {"sft": "sft", "rm": "reward", "ppo": "ppo"}
+RECIPES = {"sft": "sft", "rm": "reward", "ppo": "ppo", "grpo": "ppo"}  # grpo: the worker runs TRL itself
+RL_STAGES = ("ppo", "grpo")
 LAUNCH_CONFIGS = {
     "1proc": None,
     "ddp": "accelerate_configs/multi_gpu.yaml",
@@ -41,7 +44,8 @@ PROFILES: dict[str, dict[str, dict[str, dict[str, int]]]] = {
                  "ppo": {"batch": 32, "steps": 4, "response_length": 16, "epochs": 1, "mini_batches": 1}},
         "124m": {"sft": {"batch": 4, "steps": 3, "max_length": 64},
                  "rm": {"batch": 2, "steps": 3, "max_length": 64},
-                 "ppo": {"batch": 8, "steps": 2, "response_length": 16, "epochs": 1, "mini_batches": 1}},
+                 "ppo": {"batch": 8, "steps": 3, "response_length": 32, "epochs": 1, "mini_batches": 1},
+                 "grpo": {"batch": 8, "steps": 2, "response_length": 32, "epochs": 1, "mini_batches": 1}},
     },
     "gpu": {
         "tiny": {"sft": {"batch": 64, "steps": 10, "max_length": 128},
@@ -49,7 +53,8 @@ PROFILES: dict[str, dict[str, dict[str, dict[str, int]]]] = {
                  "ppo": {"batch": 64, "steps": 4, "response_length": 24, "epochs": 4, "mini_batches": 2}},
         "124m": {"sft": {"batch": 32, "steps": 10, "max_length": 256},
                  "rm": {"batch": 16, "steps": 10, "max_length": 256},
-                 "ppo": {"batch": 64, "steps": 3, "response_length": 53, "epochs": 4, "mini_batches": 2}},
+                 "ppo": {"batch": 64, "steps": 3, "response_length": 53, "epochs": 4, "mini_batches": 2},
+                 "grpo": {"batch": 64, "steps": 3, "response_length": 53, "epochs": 1, "mini_batches": 1}},
     },
 }
 
@@ -62,22 +67,41 @@ class Case:
     launch: str = "1proc"
     tier: str = "default"  # quick < default < full: which selections include it
     est_s: int = 30  # rough duration on the 2-core CPU, for the time budget
+    precision: str = "fp32"  # bf16: autocast (`--bf16 true`); `run.py --bf16` turns every case to bf16
+    work: tuple = ()  # ((key, value), ...) overriding the profile's work: the points of `run.py --sweep`
 
     @property
     def name(self) -> str:
-        return f"{self.stage}-{self.size}-{self.method}-{self.launch}"
+        suffix = "-bf16" if self.precision == "bf16" else ""
+        swept = "".join(f"@{key}={value}" for key, value in self.work)
+        return f"{self.stage}-{self.size}-{self.method}-{self.launch}{suffix}{swept}"
 
     @property
     def distributed(self) -> bool:
         return self.launch != "1proc"
 
 
+def sweep_cases(cases: list[Case], sweeps: list[str]) -> list[Case]:
+    """`key=v1,v2,...` for each sweep: every case at each value of one key at a time (the rest from the profile)."""
+    out = []
+    for sweep in sweeps:
+        key, _, values = sweep.partition("=")
+        if not values:
+            raise ValueError(f"--sweep {sweep!r}: write key=v1,v2 (e.g. response_length=16,64).")
+        out += [replace(case, work=((key, int(v)),)) for v in values.split(",") for case in cases]
+    return out
+
+
 def _cases() -> list[Case]:
     """Every case, in the order they run: what issue 8 asks for first, so that a tight time budget skips extras."""
     t = "tiny"
-    cases = [  # LoRA vs full PPO memory at 124M, then the 124M SFT and reward throughput
-        Case("ppo", "124m", "full", est_s=150),
-        Case("ppo", "124m", "lora", est_s=130),
+    cases = [  # PPO at 124M in fp32 and bf16, full and LoRA; TRL's GRPO at the same shapes; then SFT and reward
+        Case("ppo", "124m", "full", est_s=110),
+        Case("ppo", "124m", "full", precision="bf16", est_s=80),
+        Case("ppo", "124m", "lora", est_s=90),
+        Case("ppo", "124m", "lora", precision="bf16", est_s=70),
+        Case("grpo", "124m", "full", est_s=90),
+        Case("grpo", "124m", "full", precision="bf16", est_s=70),
         Case("sft", "124m", "full", est_s=60),
         Case("rm", "124m", "full", est_s=60),
     ]
@@ -129,14 +153,22 @@ def recipe_args(case: Case, paths: dict[str, str], output_dir: str, profile: str
 
     `work` overrides the profile's batch/steps/lengths for this case.
     """
-    work = {**PROFILES[profile][case.size][case.stage], **(work or {})}
+    work = {**PROFILES[profile][case.size][case.stage], **dict(case.work), **(work or {})}
     local = max(1, work["batch"] // world_size)  # this process's share of the global batch
     recipe = RECIPES[case.stage]
-    stage_data = {"sft": "sft_train", "rm": "reward_train", "ppo": "prompts_train"}[case.stage]
+    stage_data = {"sft": "sft_train", "rm": "reward_train", "ppo": "prompts_train", "grpo": "prompts_train"}[case.stage]
     args = ["--config", f"recipes/demo/{recipe}.yaml", "--model_name_or_path", paths["policy"],
             "--dataset_name", f"{paths['data']}/{stage_data}", "--output_dir", output_dir, "--save_strategy", "no",
             "--logging_steps", "1", "--report_to", "none", "--bf16", str(bf16).lower()]
+    if case.stage == "grpo":  # the worker's own TRL GRPOTrainer run: its flags, not a recipe's
+        return ["--policy", paths["policy"], "--reward", paths["reward"],
+                "--prompts_file", f"{paths['data']}/prompts_train/train.jsonl", "--output_dir", output_dir,
+                "--batch", str(max(1, work["batch"] // world_size)), "--steps", str(work["steps"]),
+                "--response_length", str(work["response_length"]), "--bf16", str(bf16).lower(),
+                "--use_cpu", str(cpu).lower()] + (["--use_peft", "true"] if case.method != "full" else [])
     if case.stage == "ppo":
+        # learning_rate 0: the same work per update, and PPO's invariants (KL 0, ratio 1) checkable in every run
+        args += ["--learning_rate", "0"]
         # TRL's arithmetic: per_device_train_batch_size * num_mini_batches episodes per process and update
         args += ["--sft_model_path", paths["policy"], "--reward_model_path", paths["reward"],
                  "--per_device_train_batch_size", str(max(1, local // work["mini_batches"])),
@@ -176,6 +208,9 @@ def launch_prefix(case: Case, python: str, num_processes: int, mixed_precision: 
 
 def user_command(case: Case, recipe_argv: list[str], num_processes: int, mixed_precision: str = "no") -> str:
     """The equivalent command a user runs (recipe instead of the measuring worker)."""
+    if case.stage == "grpo":
+        return f"python benchmarks/worker.py --case {case.name} --stage grpo --result_dir DIR -- " + shlex.join(
+            recipe_argv)
     recipe = f"recipes/{RECIPES[case.stage]}.py"
     if case.distributed:
         prefix = (f"accelerate launch --config_file {LAUNCH_CONFIGS[case.launch]} --num_processes {num_processes} "
@@ -209,6 +244,12 @@ class Row:
     score_s: float | None = None
     optimise_s: float | None = None
     update_s: float | None = None
+    precision: str = "fp32"
+    # RL cases, per phase: real tokens processed per second and model FLOPs utilisation (counted FLOPs / s / peak)
+    phase_tokens_per_s: dict = field(default_factory=dict)
+    phase_mfu: dict = field(default_factory=dict)
+    kl_max: float | None = None  # PPO at learning_rate 0: max |objective/kl| and |val/ratio - 1| over updates
+    ratio_dev_max: float | None = None
     wall_s: float | None = None  # the whole process: start-up, loading, training, saving
     command: str = ""
     note: str = ""
@@ -219,14 +260,74 @@ def _after_warmup(values: list[float], warmup: int = 1) -> list[float]:
     return values[warmup:] if len(values) > warmup else values
 
 
-def summarise(case: Case, ranks: list[dict], wall_s: float | None = None, command: str = "") -> Row:
-    """One table row from the per-rank results of a case."""
+def forward_flops(layers: int, width: int, vocab: int, batch: int, seq: int, logit_positions: int) -> float:
+    """Matmul FLOPs of a GPT-2 forward over `batch` sequences of `seq` tokens, the LM head on `logit_positions` of
+    each: per token 2 x 12 L d^2 (attention and MLP weights) + 4 L d seq (scores and weighted values, counted over
+    the whole sequence as in PaLM's MFU), plus 2 d V per position with logits."""
+    per_token = 24 * layers * width**2 + 4 * layers * width * seq
+    return batch * (seq * per_token + logit_positions * 2 * width * vocab)
+
+
+def generate_flops(layers: int, width: int, vocab: int, batch: int, prompt: int, steps: int) -> float:
+    """Prefill of the prompt (logits at its last position) + `steps - 1` one-token decode steps over a growing
+    KV cache (context prompt + t), each with logits."""
+    flops = forward_flops(layers, width, vocab, batch, prompt, 1)
+    for t in range(1, steps):
+        flops += batch * (24 * layers * width**2 + 4 * layers * width * (prompt + t) + 2 * width * vocab)
+    return flops
+
+
+def phase_flops(stage: str, model: dict, shape: dict, method: str, precision: str, epochs: int) -> dict[str, float]:
+    """Counted FLOPs of one update's phases, from what it ran on: `shape` = batch, prompt (padded width), response
+    (width after trimming). PPO scores with the reference (logits), the value and the reward model (no logits), plus
+    in bf16 the policy (the rollout's log-probs); its epochs train the policy (logits) and the value model. Training
+    is 3 forwards (forward + backward) at full fine-tuning, 2 with LoRA (no weight gradients for the frozen base).
+    TRL's GRPO scores with the reference and the reward model and trains the policy only."""
+    dims = (model["layers"], model["width"], model["vocab"])
+    b, p, w = shape["batch"], shape["prompt"], shape["response"]
+    seq = p + w
+    with_logits = forward_flops(*dims, b, seq, w + 1)
+    without = forward_flops(*dims, b, seq, 0)
+    train = 2 if method != "full" else 3
+    if stage == "grpo":
+        return {"generate": generate_flops(*dims, b, p, w), "score": with_logits + without,
+                "optimise": epochs * train * with_logits}
+    score = with_logits + 2 * without + (with_logits if precision == "bf16" else 0)
+    return {"generate": generate_flops(*dims, b, p, w), "score": score,
+            "optimise": epochs * train * (with_logits + without)}
+
+
+def _rl_phase_figures(row: Row, case: Case, rank: dict, n: int, peaks: dict | None) -> None:
+    shapes = _after_warmup(rank.get("shapes", [])[:n])
+    model = rank.get("model")
+    if not shapes or not model:
+        return
+    epochs = rank.get("epochs", 1)
+    counts = {"generate": [s["response_tokens"] for s in shapes],
+              "score": [s["batch"] * (s["prompt"] + s["response"]) for s in shapes],
+              "optimise": [epochs * s["batch"] * (s["prompt"] + s["response"]) for s in shapes]}
+    flops = [phase_flops(case.stage, model, s, case.method, row.precision, epochs) for s in shapes]
+    peak = (peaks or {}).get(row.precision)
+    for phase in ("generate", "score", "optimise"):
+        seconds = sum(_after_warmup(rank["phases"][f"{phase}_s"][:n]))
+        if seconds <= 0:
+            continue
+        row.phase_tokens_per_s[phase] = sum(counts[phase]) / seconds
+        if peak:
+            row.phase_mfu[phase] = sum(f[phase] for f in flops) / seconds / peak
+
+
+def summarise(case: Case, ranks: list[dict], wall_s: float | None = None, command: str = "",
+              peaks: dict | None = None, precision: str | None = None) -> Row:
+    """One table row from the per-rank results of a case. `peaks`: the device's peak FLOP/s per precision."""
     row = Row(case=case.name, stage=case.stage, size=case.size, method=case.method, launch=case.launch,
-              procs=len(ranks), wall_s=wall_s, command=command)
+              procs=len(ranks), wall_s=wall_s, command=command, precision=precision or case.precision)
     if not ranks:
         row.status = "failed"
         return row
     first = ranks[0]
+    if first.get("mixed_precision") in ("bf16", "fp16", "no"):
+        row.precision = {"no": "fp32"}.get(first["mixed_precision"], first["mixed_precision"])
     row.params_m = first.get("params", 0) / 1e6 if first.get("params") else None
     row.trainable_m = first.get("trainable", 0) / 1e6 if first.get("trainable") is not None else None
     rss = [r["peak_rss_mib"] for r in ranks]
@@ -239,12 +340,21 @@ def summarise(case: Case, ranks: list[dict], wall_s: float | None = None, comman
     seconds = [sum(t) for t in measured]
     slowest = max(range(len(ranks)), key=seconds.__getitem__)  # the processes wait for each other: report it
     row.measured_steps = len(measured[slowest])
-    if case.stage == "ppo":
+    if case.stage in RL_STAGES:
         episodes = first["episodes_per_update"] * row.measured_steps  # global episodes
         row.throughput, row.unit = episodes / seconds[slowest], "episodes/s"
-        for key in ("generate_s", "score_s", "optimise_s"):
-            setattr(row, key, statistics.mean(_after_warmup(ranks[slowest]["phases"][key][:n])))
         row.update_s = seconds[slowest] / row.measured_steps
+        phases = ranks[slowest]["phases"]
+        if "optimise_s" not in phases and "generate_s" in phases:  # GRPO: what is not rollout is the optimiser's
+            phases["optimise_s"] = [t - g - s for t, g, s in zip(times[slowest], phases["generate_s"],
+                                                                  phases["score_s"])]
+        for key in ("generate_s", "score_s", "optimise_s"):
+            setattr(row, key, statistics.mean(_after_warmup(phases[key][:n])))
+        _rl_phase_figures(row, case, ranks[slowest], n, peaks)
+        invariants = [e for e in first.get("invariants", []) if e.get("kl") is not None]
+        if invariants:
+            row.kl_max = max(abs(e["kl"]) for e in invariants)
+            row.ratio_dev_max = max(abs(e["ratio"] - 1) for e in invariants)
     else:
         tokens = sum(sum(_after_warmup(r["tokens"][:n])) for r in ranks)
         row.throughput, row.unit = tokens / seconds[slowest], "tokens/s"
@@ -277,6 +387,8 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 MAIN_HEADERS = ["case", "stage", "model", "method", "launch", "procs", "trainable M", "throughput", "unit",
                 "peak RSS/proc MiB", "RSS all procs MiB", "peak GPU MiB", "wall s", "status"]
 PPO_HEADERS = ["case", "episodes/s", "update s", "generate s", "score s", "optimise s", "other s"]
+PHASE_HEADERS = ["case", "generate tok/s", "generate MFU", "score tok/s", "score MFU", "optimise tok/s",
+                 "optimise MFU", "max abs KL (lr 0)", "max abs(ratio - 1) (lr 0)"]
 
 
 def main_table(rows: list[Row]) -> str:
@@ -290,7 +402,7 @@ def main_table(rows: list[Row]) -> str:
 def ppo_table(rows: list[Row]) -> str:
     body = []
     for r in rows:
-        if r.stage != "ppo" or r.status != "ok":
+        if r.stage not in RL_STAGES or r.status != "ok":
             continue
         other = None
         if None not in (r.update_s, r.generate_s, r.score_s, r.optimise_s):
@@ -298,6 +410,25 @@ def ppo_table(rows: list[Row]) -> str:
         body.append([r.case, fmt(r.throughput, 2), fmt(r.update_s, 2), fmt(r.generate_s, 2), fmt(r.score_s, 2),
                      fmt(r.optimise_s, 2), fmt(other, 2)])
     return markdown_table(PPO_HEADERS, body) if body else ""
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+def phase_table(rows: list[Row]) -> str:
+    """Per RL phase: tokens/s (generate: sampled response tokens; score and optimise: prompt + response tokens
+    through the forwards, per epoch for optimise) and MFU; and PPO's invariants at learning rate 0."""
+    body = []
+    for r in rows:
+        if r.stage not in RL_STAGES or r.status != "ok" or not r.phase_tokens_per_s:
+            continue
+        tok, mfu = r.phase_tokens_per_s, r.phase_mfu
+        body.append([r.case, fmt(tok.get("generate")), _pct(mfu.get("generate")), fmt(tok.get("score")),
+                     _pct(mfu.get("score")), fmt(tok.get("optimise")), _pct(mfu.get("optimise")),
+                     "" if r.kl_max is None else f"{r.kl_max:.1e}",
+                     "" if r.ratio_dev_max is None else f"{r.ratio_dev_max:.1e}"])
+    return markdown_table(PHASE_HEADERS, body) if body else ""
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -320,6 +451,18 @@ def findings(rows: list[Row]) -> list[str]:
             verdict = "meets" if value is not None and value <= 0.6 else "misses"
             lines.append(f"PPO {label}, LoRA / full ({size}): {fmt(getattr(lora, key))} / {fmt(getattr(full, key))}"
                          f" MiB = {value:.2f} ({verdict} the <= 0.6 target)")
+        for method in ("full", "lora"):
+            fp32, bf16 = by_case.get(f"ppo-{size}-{method}-1proc"), by_case.get(f"ppo-{size}-{method}-1proc-bf16")
+            if fp32 and bf16 and fp32.throughput:
+                speedup = bf16.throughput / fp32.throughput
+                verdict = "meets" if speedup >= 1.5 else "misses"
+                lines.append(f"PPO {method} ({size}) bf16 / fp32 episodes/s: {fmt(bf16.throughput, 2)} / "
+                             f"{fmt(fp32.throughput, 2)} = {speedup:.2f}x ({verdict} the >= 1.5x target)")
+        ours, grpo = by_case.get(f"ppo-{size}-full-1proc-bf16"), by_case.get(f"grpo-{size}-full-1proc-bf16")
+        if ours and grpo and grpo.throughput:
+            lines.append(f"bf16 episodes/s, our PPO / TRL's GRPOTrainer ({size}, full): {fmt(ours.throughput, 2)} / "
+                         f"{fmt(grpo.throughput, 2)} = {ours.throughput / grpo.throughput:.2f}x (GRPO trains one "
+                         "network and scores with two; PPO trains two and scores with three or four)")
         qlora = by_case.get(f"ppo-{size}-qlora-1proc")
         if full and qlora:
             lines.append(f"PPO {label}, QLoRA / full ({size}): {fmt(ratio(getattr(qlora, key), getattr(full, key)), 2)}")
@@ -360,6 +503,11 @@ def report(rows: list[Row], *, machine: str, environment: dict[str, str], invoca
     ppo = ppo_table(rows)
     if ppo:
         out += ["## PPO time split (seconds per update)", "", ppo, ""]
+    phases = phase_table(rows)
+    if phases:
+        out += ["## RL phases: tokens/s and MFU", "", "MFU = FLOPs counted from the shapes each update ran "
+                "(`harness.phase_flops`) / phase seconds / the peak FLOP/s of the device in the case's precision "
+                "(Settings: `peak_flops`, measured by `measure.peak_flops`).", "", phases, ""]
     derived = findings(rows)
     if derived:
         out += ["## Derived", ""] + [f"* {line}" for line in derived] + [""]
@@ -378,13 +526,27 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def median_row(rows: list[Row]) -> Row:
+    """The run of median throughput among a case's successful repeats (the lower middle one for an even count),
+    noting every repeat's figure; the first row when none succeeded."""
+    ok = sorted((r for r in rows if r.status == "ok" and r.throughput is not None), key=lambda r: r.throughput)
+    if not ok:
+        return rows[0]
+    chosen = ok[(len(ok) - 1) // 2]
+    if len(ok) > 1:
+        runs = ", ".join(fmt(r.throughput, 2) for r in rows if r.status == "ok")
+        chosen.note = f"median of {len(ok)} alternating runs: {runs} {chosen.unit}"
+    return chosen
+
+
 def row_to_json(row: Row) -> dict:
     return asdict(row)
 
 
 def merge_rows(previous: list[dict], new: list[Row]) -> list[Row]:
     """Rows of an earlier results file updated with the cases measured now (a skipped case keeps its old row)."""
-    rows = {r["case"]: Row(**r) for r in previous}
+    known = set(Row.__dataclass_fields__)
+    rows = {r["case"]: Row(**{k: v for k, v in r.items() if k in known}) for r in previous}
     for row in new:
         if row.status != "skipped" or row.case not in rows:
             rows[row.case] = row

@@ -1,7 +1,5 @@
-"""What every benchmark process measures: step times, tokens, peak memory. Works with any `transformers.Trainer`.
-
-Imports only torch and transformers, so that the TRL 1.12 baseline (`trl_ppo_baseline.py`, in its own virtual
-environment without this package) measures exactly the same way as our recipes.
+"""What every benchmark process measures: step times, tokens, peak memory, and the device's peak FLOP/s.
+Works with any `transformers.Trainer` (our recipes and TRL's GRPOTrainer are measured the same way).
 """
 
 from __future__ import annotations
@@ -40,7 +38,10 @@ def peak_memory() -> dict[str, float]:
 
 
 def count_tokens(inputs: dict) -> tuple[int, int]:
-    """(real tokens, padded tokens) of a training batch: attention-mask ones, and the size of `input_ids`."""
+    """(real tokens, padded tokens) of a training batch: attention-mask ones, and the size of `input_ids`.
+    (0, 0) for batches that are not a dict of tensors (GRPO's raw prompt rows: it counts its own tokens)."""
+    if not isinstance(inputs, dict):
+        return 0, 0
     input_ids = inputs.get("input_ids")
     padded = int(input_ids.numel()) if input_ids is not None else 0
     mask = inputs.get("attention_mask")
@@ -98,6 +99,32 @@ class StepTimer(TrainerCallback):
         work = sum(work_per_step[warmup:])
         return {"measured_steps": len(times) - warmup, "measured_s": seconds, "work": work,
                 "per_s": work / seconds if seconds > 0 else float("nan")}
+
+
+def peak_flops(dtype: str = "fp32", seconds: float = 1.0, size: int | None = None) -> float:
+    """Achievable peak matmul FLOP/s of this device in `dtype` ("fp32" or "bf16"), with the current thread count:
+    the best of three timed runs of square `size` x `size` matmuls (2 size^3 FLOPs each), `seconds` each.
+
+    This is what MFU divides by: a measured ceiling of the machine as the benchmark runs it (one thread per process
+    on the shared CPU), not a datasheet number. On a CPU with AMX, bf16 runs on the tile units.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = size or (8192 if device == "cuda" else 1024)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a = torch.randn(size, size, device=device).to(torch_dtype)
+    b = torch.randn(size, size, device=device).to(torch_dtype)
+    out = torch.empty(size, size, device=device, dtype=torch_dtype)
+    torch.mm(a, b, out=out)  # warm-up (kernel selection, AMX tile configuration)
+    best = 0.0
+    for _ in range(3):
+        count, start = 0, now()
+        while True:
+            torch.mm(a, b, out=out)
+            count += 1
+            if count % 4 == 0 and now() - start >= seconds / 3:
+                break
+        best = max(best, 2 * size**3 * count / (now() - start))
+    return best
 
 
 def environment() -> dict[str, str]:

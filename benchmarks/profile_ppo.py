@@ -1,7 +1,8 @@
 """Where our PPO trainer spends an update: torch profiler over one update (after a warm-up update) of the real
 recipe, with the phases labelled (generate, score, experience, optimise).
 
-    python benchmarks/profile_ppo.py                          # 124M shape, full fine-tuning, 8 episodes, 16 tokens
+    python benchmarks/profile_ppo.py                          # 124M shape, full fine-tuning, the bench's CPU profile
+    python benchmarks/profile_ppo.py --bf16                   # the same in bf16 autocast
     python benchmarks/profile_ppo.py --size tiny --method lora --rows 25
 
 Prints the operators by self time and the phase totals; writes `benchmarks/results/<machine>-ppo-profile.md`.
@@ -32,6 +33,7 @@ def main() -> int:
     parser.add_argument("--size", default="124m", choices=["tiny", "124m"])
     parser.add_argument("--method", default="full", choices=["full", "lora", "qlora"])
     parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (`--bf16 true`)")
     parser.add_argument("--machine")
     parser.add_argument("--cache", default=str(HERE.parent / "runs" / "bench"))
     parser.add_argument("--no_write", action="store_true")
@@ -40,7 +42,7 @@ def main() -> int:
 
     import torch
     from fixtures import prepare_models
-    from harness import Case, machine_label, recipe_args
+    from harness import PROFILES, Case, machine_label, recipe_args
     from measure import StepTimer
     from transformers import TrainerCallback
     from worker import load_recipe
@@ -79,7 +81,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="profile-ppo-") as tmp:
         case = Case("ppo", args.size, args.method)
-        argv = recipe_args(case, paths, tmp, work={"steps": 2})
+        argv = recipe_args(case, paths, tmp, work={"steps": 2}, bf16=args.bf16)
         module.main(*parse_recipe_args(module.DATACLASSES, argv))
     events = profiler.key_averages()
     phases = {e.key: e.cpu_time_total / 1e6 for e in events if e.key.startswith("## ")}
@@ -89,12 +91,15 @@ def main() -> int:
     print("\n".join(lines) + "\n\n" + ops)
     if not args.no_write:
         machine = args.machine or machine_label()
-        out = HERE / "results" / f"{machine}-ppo-profile.md"
+        work = PROFILES["cpu"][args.size]["ppo"]
+        precision = "bf16" if args.bf16 else "fp32"
+        out = HERE / "results" / f"{machine}-ppo-profile{'-bf16' if args.bf16 else ''}.md"
         out.write_text("\n".join([
             f"# Profile of one PPO update of our trainer ({machine})", "",
             f"Measured {datetime.date.today().isoformat()} with `python benchmarks/profile_ppo.py "
-            f"{shlex.join(sys.argv[1:])}`: model `{args.size}`, {args.method}, the second of two updates "
-            f"(8 episodes, 16-token responses, 1 PPO epoch), {torch.get_num_threads()} thread(s).", "",
+            f"{shlex.join(sys.argv[1:])}`: model `{args.size}`, {args.method}, {precision}, the second of two "
+            f"updates ({work['batch']} episodes, {work['response_length']}-token responses, {work['epochs']} PPO "
+            f"epoch(s)), {torch.get_num_threads()} thread(s).", "",
             "Phases (inclusive; make_experience contains generate_responses and score_rollout):", "",
             *[f"* {line}" for line in lines], "", "Operators by self CPU time:", "", "```", ops, "```", ""]))
         print(f"wrote {out}")

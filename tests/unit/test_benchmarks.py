@@ -140,25 +140,73 @@ def test_report_has_tables_commands_and_skips():
     assert "* a note" in text and '"profile": "cpu"' in text
 
 
-def test_overhead_and_trl_comparison_tables():
-    bare_trl = _load("bare_trl")
-    runs = {"ours": [{"tokens_per_s": 95.0, "tokens_per_step": 300.0, "process_s": 20.0, "peak_rss_mib": 600.0}],
-            "bare": [{"tokens_per_s": 100.0, "tokens_per_step": 300.0, "process_s": 18.0, "peak_rss_mib": 590.0}]}
-    summary = bare_trl.summarise("sft", runs)
-    assert summary["overhead_pct"] == pytest.approx(100 / 95 * 100 - 100)
-    assert "+5.3%" in bare_trl.overhead_table([summary]) and summary["cpu_overhead_pct"] is None
+def test_flop_counts_on_hand_computed_numbers():
+    # 1 layer, d=2, V=10: per token 24*1*2^2 = 96 (weights) + 4*1*2*seq (attention); 2*2*10 = 40 per logit position
+    assert harness.forward_flops(1, 2, 10, batch=1, seq=3, logit_positions=2) == 3 * (96 + 24) + 2 * 40
+    assert harness.forward_flops(1, 2, 10, batch=2, seq=3, logit_positions=0) == 2 * 3 * (96 + 24)
+    # prefill of 3 tokens with one logit (400), then decode at context 4 (96 + 32 + 40) and 5 (96 + 40 + 40)
+    assert harness.generate_flops(1, 2, 10, batch=1, prompt=3, steps=3) == 400 + 168 + 176
+    model, shape = {"layers": 1, "width": 2, "vocab": 10}, {"batch": 1, "prompt": 2, "response": 1}
+    logits, plain = harness.forward_flops(1, 2, 10, 1, 3, 2), harness.forward_flops(1, 2, 10, 1, 3, 0)
+    fp32 = harness.phase_flops("ppo", model, shape, "full", "fp32", epochs=2)
+    assert fp32["score"] == logits + 2 * plain  # reference (logits), value, reward
+    assert fp32["optimise"] == 2 * 3 * (logits + plain)  # 2 epochs x (forward + backward) of policy and value
+    bf16 = harness.phase_flops("ppo", model, shape, "lora", "bf16", epochs=1)
+    assert bf16["score"] == 2 * logits + 2 * plain  # + the policy's forward for the rollout log-probs
+    assert bf16["optimise"] == 2 * (logits + plain)  # LoRA: no weight gradients of the base
+    grpo = harness.phase_flops("grpo", model, shape, "full", "bf16", epochs=1)
+    assert grpo["score"] == logits + plain and grpo["optimise"] == 3 * logits
 
-    baseline = _load("trl_ppo_baseline")
-    settings = baseline.shared_settings(batch=8, updates=3, response_length=16, epochs=1, mini_batches=2)
-    assert settings["per_device_train_batch_size"] * settings["num_mini_batches"] == 8
-    assert settings["total_episodes"] == 24
-    argv = baseline.ours_argv("P", "R", "D", "O", settings)
-    assert argv[argv.index("--max_grad_norm") + 1] == "0" and argv[argv.index("--bf16") + 1] == "false"
-    steady = baseline.steady({"step_times": [10.0, 4.0, 4.0], "generate_s": [5.0, 1.0, 1.0],
-                              "episodes_per_update": 8, "peak_rss_mib": 1.0, "process_s": 2.0})
-    assert steady["episodes_per_s"] == pytest.approx(2.0) and steady["generate_s"] == pytest.approx(1.0)
-    table = baseline.comparison_table({"ours": steady, "trl": steady})
-    assert table.splitlines()[2].startswith("| ours | 2.000 |  | 4.00 | 1.00 |")
+
+def test_summarise_rl_phases_mfu_and_invariants():
+    phases = {"generate_s": [9.0, 2.0], "score_s": [3.0, 1.0], "optimise_s": [9.0, 4.0]}
+    shapes = [{"batch": 8, "prompt": 10, "response": 32, "response_tokens": 200}] * 2
+    model = {"layers": 12, "width": 768, "vocab": 50258}
+    rank = fake_rank(steps=(30.0, 8.0), tokens=(0, 0), episodes_per_update=8, phases=phases, shapes=shapes,
+                     model=model, epochs=1, mixed_precision="bf16", invariants=[{"kl": 1e-4, "ratio": 1.0}, {"kl": -3e-4, "ratio": 0.9995}])
+    case = harness.Case("ppo", "124m", "full", precision="bf16")
+    row = harness.summarise(case, [rank], peaks={"bf16": 1e12, "fp32": 1e11}, precision="fp32")
+    # the precision the run reports wins over the one it was asked for
+    assert row.precision == "bf16" and case.name == "ppo-124m-full-1proc-bf16"
+    assert row.phase_tokens_per_s["generate"] == pytest.approx(200 / 2.0)
+    assert row.phase_tokens_per_s["optimise"] == pytest.approx(8 * 42 / 4.0)
+    flops = harness.phase_flops("ppo", model, shapes[0], "full", "bf16", 1)
+    assert row.phase_mfu["score"] == pytest.approx(flops["score"] / 1.0 / 1e12)  # the bf16 peak, not fp32's
+    assert row.kl_max == pytest.approx(3e-4) and row.ratio_dev_max == pytest.approx(5e-4)
+    table = harness.phase_table([row])
+    assert "| ppo-124m-full-1proc-bf16 | 100 |" in table and "3.0e-04 | 5.0e-04 |" in table
+    # GRPO's optimise time is what its step spent outside the rollout
+    grpo = fake_rank(steps=(30.0, 8.0), tokens=(0, 0), episodes_per_update=8, shapes=shapes, model=model, epochs=1,
+                     phases={"generate_s": [9.0, 2.0], "score_s": [3.0, 1.0]})
+    row = harness.summarise(harness.Case("grpo", "124m"), [grpo], peaks={"fp32": 1e11})
+    assert row.optimise_s == pytest.approx(5.0) and row.kl_max is None
+
+
+def test_cases_pair_fp32_with_bf16_and_grpo_runs_trl_at_the_ppo_shapes():
+    names = {c.name for c in harness.select_cases("default")}
+    for method in ("full", "lora"):
+        assert {f"ppo-124m-{method}-1proc", f"ppo-124m-{method}-1proc-bf16"} <= names
+    assert {"grpo-124m-full-1proc", "grpo-124m-full-1proc-bf16"} <= names
+    paths = {"policy": "P", "reward": "R", "data": "D"}
+    ppo = dict(zip(*[iter(harness.recipe_args(harness.Case("ppo", "124m"), paths, "OUT", bf16=True))] * 2))
+    assert ppo["--learning_rate"] == "0" and ppo["--bf16"] == "true"
+    grpo = dict(zip(*[iter(harness.recipe_args(harness.Case("grpo", "124m"), paths, "OUT"))] * 2))
+    work = harness.PROFILES["cpu"]["124m"]
+    assert grpo["--batch"] == str(work["ppo"]["batch"]) == str(work["grpo"]["batch"])
+    assert grpo["--response_length"] == str(work["ppo"]["response_length"]) == "32"
+    assert grpo["--prompts_file"] == "D/prompts_train/train.jsonl"
+
+
+def test_median_row_of_alternating_repeats():
+    def row(throughput, status="ok"):
+        return harness.Row(case="c", stage="ppo", size="124m", method="full", launch="1proc", procs=1,
+                           status=status, throughput=throughput, unit="episodes/s")
+
+    chosen = harness.median_row([row(0.9), row(0.5), row(None, "failed"), row(0.7)])
+    assert chosen.throughput == 0.7 and "median of 3 alternating runs: 0.90, 0.50, 0.70" in chosen.note
+    assert harness.median_row([row(0.5), row(0.9)]).throughput == 0.5  # the lower middle: conservative
+    failed = row(None, "failed")
+    assert harness.median_row([failed]) is failed
 
 
 def test_merge_rows_replaces_measured_cases_and_keeps_run_order():
@@ -174,3 +222,14 @@ def test_merge_rows_replaces_measured_cases_and_keeps_run_order():
     assert [r.case for r in merged] == ["ppo-124m-lora-1proc", "sft-tiny-full-1proc"]  # registry order
     assert merged[0].throughput == 2.0 and merged[0].status == "ok"
     assert merged[1].throughput == 1.0 and merged[1].status == "ok"  # a skip does not erase a measurement
+
+
+def test_sweep_points_override_one_work_key_each():
+    base = harness.Case("ppo", "124m", precision="bf16")
+    cases = harness.sweep_cases([base], ["response_length=16,64", "batch=4"])
+    assert [c.name for c in cases] == ["ppo-124m-full-1proc-bf16@response_length=16",
+                                       "ppo-124m-full-1proc-bf16@response_length=64", "ppo-124m-full-1proc-bf16@batch=4"]
+    flags = dict(zip(*[iter(harness.recipe_args(cases[1], {"policy": "P", "reward": "R", "data": "D"}, "O"))] * 2))
+    assert flags["--response_length"] == "64" and flags["--per_device_train_batch_size"] == "8"
+    with pytest.raises(ValueError, match="key=v1,v2"):
+        harness.sweep_cases([base], ["batch"])

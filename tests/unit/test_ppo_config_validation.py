@@ -56,3 +56,20 @@ def test_a_misspelled_ppo_key_in_yaml_names_the_key_and_file(demo_dir, tmp_path)
     config.write_text((REPO / "recipes/demo/ppo.yaml").read_text() + "\nkl_coeff: 0.2\n")
     with pytest.raises(ConfigError, match=rf"Unknown key 'kl_coeff' in config file {config}.*Did you mean 'kl_coef'"):
         run_recipe("ppo", ["--config", str(config)])
+
+
+def test_auto_bf16_follows_the_cpus_amx_flag_and_bad_backends_are_refused(tmp_path, monkeypatch):
+    from rlhf_recipes.ppo import config as ppo_config
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("flags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n")
+    plain.write_text("flags\t\t: fpu avx2 avx512_bf16\n")  # bf16 vector instructions, but no AMX tiles
+    assert ppo_config.cpu_has_amx_bf16(amx) and not ppo_config.cpu_has_amx_bf16(plain)
+    assert not ppo_config.cpu_has_amx_bf16(tmp_path / "missing")
+    monkeypatch.setattr(ppo_config, "_accelerator_available", lambda: False)
+    for has_amx in (True, False):
+        monkeypatch.setattr(ppo_config, "cpu_has_amx_bf16", lambda has_amx=has_amx: has_amx)
+        args = PPOConfig(output_dir=str(tmp_path), auto_bf16=True, report_to="none")
+        assert args.bf16 is has_amx and args.use_cpu is has_amx  # bf16 on a CPU needs use_cpu
+    with pytest.raises(ValueError, match="generation_backend must be"):
+        PPOConfig(output_dir=str(tmp_path), generation_backend="vllm", report_to="none")

@@ -339,3 +339,29 @@ def test_fixed_kl_controller_and_factory():
     adaptive = make_kl_controller(0.05, 6.0, 10000)
     assert isinstance(adaptive, AdaptiveKLController)
     assert adaptive.value == 0.05 and adaptive.target == 6.0 and adaptive.horizon == 10000
+
+
+def test_chunked_logprobs_forward_and_gradient_match_plain_log_softmax(monkeypatch):
+    import rlhf_recipes.ppo.core as core_module
+
+    monkeypatch.setattr(core_module, "LOGSOFTMAX_CHUNK_ELEMENTS", 14)  # 2 positions of V=7 per chunk: 5 chunks
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(2, 5, 7, generator=g) * 3).requires_grad_()
+    tokens = torch.randint(0, 7, (2, 5), generator=g)
+    weights = torch.randn(2, 5, generator=g)
+    tau = 0.7
+    plain = torch.log_softmax(logits / tau, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    (expected_grad,) = torch.autograd.grad((plain * weights).sum(), logits)
+    ours = logprobs_from_logits(logits, tokens, temperature=tau)
+    torch.testing.assert_close(ours, plain.detach())
+    (grad,) = torch.autograd.grad((ours * weights).sum(), logits)
+    torch.testing.assert_close(grad, expected_grad)
+    # bf16 logits: the gradient comes back in bf16, the log-probs in fp32
+    bf16 = logits.detach().bfloat16().requires_grad_()
+    out = logprobs_from_logits(bf16, tokens, temperature=tau)
+    (grad_bf16,) = torch.autograd.grad((out * weights).sum(), bf16)
+    assert out.dtype == torch.float32 and grad_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(grad_bf16.float(), expected_grad, atol=2e-2, rtol=2e-2)
+    entropy = entropy_from_logits(logits.detach(), temperature=tau)
+    p = torch.softmax(logits.detach() / tau, -1)
+    torch.testing.assert_close(entropy, -(p * torch.log(p)).sum(-1))

@@ -13,8 +13,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
 from transformers import TrainingArguments
+
+
+def cpu_has_amx_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True when the CPU has AMX bf16 tiles (Intel Sapphire Rapids and later), where bf16 matmuls run several
+    times faster than fp32 ones; False elsewhere (no such flag, or no /proc/cpuinfo)."""
+    try:
+        return "amx_bf16" in Path(cpuinfo).read_text().split()
+    except OSError:
+        return False
+
+
+def _accelerator_available() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or \
+        torch.backends.mps.is_available()
 
 
 @dataclass
@@ -74,15 +90,35 @@ class PPOConfig(TrainingArguments):
     )
     ptx_max_length: int = field(default=128, metadata={"help": "Token length of ptx sequences."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    auto_bf16: bool = field(
+        default=False, metadata={"help": "Decide bf16 from the hardware: on with a bf16-capable GPU or, without one, "
+                                         "a CPU with AMX bf16; fp32 otherwise (overrides `bf16`)."}
+    )
+    generation_backend: str = field(
+        default="generate", metadata={
+            "help": "How rollouts are sampled: 'generate' (transformers' generate, dynamic KV cache; any model), "
+                    "'static' (our decode loop over a static KV cache, no host-device sync per token) or 'compile' "
+                    "(static + torch.compile'd decode step; CUDA graphs on a GPU).",
+            "choices": ["generate", "static", "compile"]}
+    )
     non_finite: str = field(
         default="stop", metadata={"help": "A NaN/inf loss, score or KL: 'stop' the run, or 'skip' the batch.",
                                   "choices": ["stop", "skip"]}
     )
 
     def __post_init__(self) -> None:
+        if self.auto_bf16 and not self.fp16:
+            accelerator = _accelerator_available() and not self.use_cpu
+            self.bf16 = torch.cuda.is_bf16_supported() if accelerator and torch.cuda.is_available() else (
+                not accelerator and cpu_has_amx_bf16())
+        if self.bf16 and not self.use_cpu and not _accelerator_available():
+            self.use_cpu = True  # bf16 autocast on the CPU (TrainingArguments refuses bf16 without a GPU otherwise)
         super().__post_init__()
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
+        if self.generation_backend not in ("generate", "static", "compile"):
+            raise ValueError(f"generation_backend must be 'generate', 'static' or 'compile', got "
+                             f"{self.generation_backend!r}.")
         if self.ptx_coef > 0 and not self.ptx_dataset:
             raise ValueError("ptx_coef > 0 needs a ptx_dataset (pretraining or SFT text); set one or ptx_coef: 0.")
         if self.target_kl is not None and self.target_kl <= 0:

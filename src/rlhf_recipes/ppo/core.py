@@ -94,34 +94,81 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``log pi(a_t | s_t)``: the log-softmax of ``logits`` gathered at ``tokens``.
+# Positions per chunk of the log-softmax: 2^24 fp32 values (64 MiB) at a time, ~330 positions of GPT-2's vocabulary.
+LOGSOFTMAX_CHUNK_ELEMENTS = 2**24
 
-    ``logits`` is ``[B, T, V]`` and ``tokens`` is ``[B, T]``; returns ``[B, T]``. Computed as
-    ``logits[token] - logsumexp(logits)`` so that no ``[B, T, V]`` log-softmax copy is materialised. For
-    half-precision logits (bf16/fp16) the computation is done in float32 one batch row at a time, which keeps the
-    precision of a float32 log-softmax at the memory cost of a single row.
+
+def _chunks(num_positions: int, vocab: int) -> range:
+    step = max(1, LOGSOFTMAX_CHUNK_ELEMENTS // max(1, vocab))
+    return range(0, num_positions, step)
+
+
+class _ChunkedLogProbs(torch.autograd.Function):
+    """``log softmax(z / tau)[token]`` over ``[N, V]`` logits, chunk by chunk in float32.
+
+    Autograd through a plain ``log_softmax(z.float() / tau)`` keeps an fp32 ``[N, V]`` copy alive for the backward.
+    Here the forward keeps only the input logits (in their own dtype) and the ``[N]`` log-normalisers; the backward
+    recomputes ``softmax`` chunk by chunk: ``d/dz = (onehot(token) - softmax(z / tau)) / tau * grad``.
     """
-    tokens = tokens.long()
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        rows = []
-        for row_logits, row_tokens in zip(logits, tokens, strict=True):
-            row_logits = row_logits.float()
-            picked = row_logits.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
-            rows.append(picked - torch.logsumexp(row_logits, dim=-1))
-        return torch.stack(rows)
-    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(out)
+        step = _chunks(logits.shape[0], logits.shape[-1]).step
+        for start in range(0, logits.shape[0], step):
+            rows = slice(start, start + step)
+            z = logits[rows].float() / temperature
+            lse[rows] = torch.logsumexp(z, dim=-1)
+            out[rows] = z.gather(-1, tokens[rows, None]).squeeze(-1) - lse[rows]
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, tokens, lse = ctx.saved_tensors
+        temperature = ctx.temperature
+        grad_logits = torch.empty_like(logits)
+        step = _chunks(logits.shape[0], logits.shape[-1]).step
+        for start in range(0, logits.shape[0], step):
+            rows = slice(start, start + step)
+            z = logits[rows].float() / temperature
+            g = grad[rows].float() / temperature
+            chunk = -torch.exp(z - lse[rows, None]) * g[:, None]
+            chunk.scatter_add_(-1, tokens[rows, None], g[:, None])
+            grad_logits[rows] = chunk.to(logits.dtype)
+        return grad_logits, None, None
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-token entropy ``H(pi(.|s_t)) = -sum_a pi(a) log pi(a)`` of the categorical given by ``logits``.
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log pi(a_t | s_t)``: the log-softmax of ``logits / temperature`` gathered at ``tokens``, in float32.
 
-    Uses ``H = logsumexp(z) - sum_a softmax(z)_a z_a``, which is exact and avoids ``0 * log 0``.
-    ``logits`` is ``[B, T, V]``; returns ``[B, T]``.
+    ``logits`` is ``[B, T, V]`` (any float dtype) and ``tokens`` is ``[B, T]``; returns float32 ``[B, T]``. Computed as
+    ``z[token] - logsumexp(z)`` with ``z = logits.float() / temperature`` a chunk of positions at a time, so neither
+    the forward nor the backward ever holds ``[B, T, V]`` in float32 at once (bf16 logits stay bf16 in memory; each
+    chunk is upcast before the log-softmax, so the precision is that of a float32 log-softmax).
     """
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+    batch, length, vocab = logits.shape
+    flat = _ChunkedLogProbs.apply(logits.reshape(batch * length, vocab), tokens.long().reshape(-1), float(temperature))
+    return flat.view(batch, length)
+
+
+@torch.no_grad()
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-token entropy ``H(pi(.|s_t)) = -sum_a pi(a) log pi(a)`` of the categorical given by ``logits / temperature``.
+
+    Uses ``H = logsumexp(z) - sum_a softmax(z)_a z_a``, which is exact and avoids ``0 * log 0``; float32, a chunk of
+    positions at a time (no gradient: it is a statistic). ``logits`` is ``[B, T, V]``; returns ``[B, T]``.
+    """
+    batch, length, vocab = logits.shape
+    flat = logits.reshape(batch * length, vocab)
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    step = _chunks(flat.shape[0], vocab).step
+    for start in range(0, flat.shape[0], step):
+        z = flat[start: start + step].float() / temperature
+        out[start: start + z.shape[0]] = torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(dim=-1)
+    return out.view(batch, length)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from ..checkpoints import AtomicCheckpointMixin, NonFiniteError
 from ..models import disable_dropout, reward_scores, use_fused_gelu
 from . import core
 from .config import PPOConfig
+from .generation import StaticSampler
 
 logger = logging.getLogger(__name__)
 PPO_STATE_FILE = "ppo_state.json"
@@ -139,6 +140,8 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         super().__init__(model=wrapper, args=args, processing_class=processing_class, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, callbacks=callbacks)
         self.ref_model, self.reward_model = ref_model, reward_model
+        # what the accelerator does, not only what was asked (`accelerate launch --mixed_precision no` wins)
+        self.mixed_precision = self.accelerator.mixed_precision in ("bf16", "fp16")
         self.ptx_dataset = ptx_dataset
         self.kl_ctl = core.make_kl_controller(args.kl_coef, args.target_kl, args.kl_horizon)
         self.pad_token_id = processing_class.pad_token_id
@@ -153,6 +156,12 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
             do_sample=True, eos_token_id=self.stop_token_id, pad_token_id=self.pad_token_id,
             return_dict_in_generate=True, output_logits=True,  # the rollout's log-probs come from these logits
         )
+        # bf16/fp16: generation, scoring and the PPO epochs all run under autocast. The sampling logits come from
+        # incremental (KV-cache) matmuls whose half-precision rounding differs from a full forward's, so in mixed
+        # precision the rollout's log-probs are recomputed by the same full forward (same shapes, same autocast, fp32
+        # log-softmax) the PPO epochs use: with no update the ratio is then 1 and the KL to an equal reference 0.
+        self.sampler = (StaticSampler(compile_step=args.generation_backend == "compile")
+                        if args.generation_backend != "generate" else None)
 
     # ------------------------------------------------------------------------------------------------------------
     # Setup
@@ -182,14 +191,26 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         # One scheduler step per update, as TRL did: the schedule spans the run whatever the minibatching.
         self.create_optimizer_and_scheduler(num_training_steps=num_updates)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        # accelerate wraps the forward in autocast *and* casts every output to fp32, which would materialise the
+        # [B, T, V] logits in fp32; ppo_step enters autocast itself and upcasts the logits chunk by chunk instead.
+        inner = self._unwrapped()
+        if hasattr(inner, "_original_forward"):
+            inner.forward = inner._original_forward
         self.model_wrapped = self.model
         if self.is_deepspeed_enabled:
             self.deepspeed = self.model
         self.ref_model = self._prepare_frozen(self.ref_model)
         self.reward_model = self._prepare_frozen(self.reward_model)
+        logger.warning("PPO precision: %s; generation backend: %s.", f"{self.accelerator.mixed_precision} autocast "
+                       "(fp32 weights and optimizer state)" if self.mixed_precision else "fp32",
+                       args.generation_backend)
 
     def _unwrapped(self) -> PolicyAndValue:
         return self.accelerator.unwrap_model(self.model)
+
+    def _autocast(self):
+        """bf16/fp16 autocast (CPU or CUDA) when mixed precision is on; weights and optimizer state stay fp32."""
+        return self.accelerator.autocast()
 
     # ------------------------------------------------------------------------------------------------------------
     # Data: a deterministic stream of prompts, so that a resumed run sees the batches it would have seen
@@ -239,29 +260,40 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
     def generate_responses(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample responses with the KV cache; truncate after the first stop token and pad the rest.
 
-        Also returns log pi_RL(y_t | x, y_<t) from the logits `generate` computed while sampling (raw, before the
-        temperature warper; divided by the temperature here), so the rollout needs no second policy forward.
-        Positions after the end of a response hold whatever was computed there; the mask drops them.
+        Also returns log pi_RL(y_t | x, y_<t) from the logits computed while sampling (raw, divided by the
+        temperature), so in fp32 the rollout needs no second policy forward (in mixed precision `score_rollout`
+        recomputes them). Positions after the end of a response hold whatever was computed there; the mask drops
+        them. `generation_backend` picks transformers' `generate` or our static-cache loop (`generation.py`).
         """
         chunk = self.args.local_rollout_forward_batch_size
         width = self.args.response_length
+        temperature = self.args.temperature + 1e-7
         padded = torch.full((queries.shape[0], width), self.pad_token_id, dtype=torch.long, device=queries.device)
         logprobs = torch.zeros((queries.shape[0], width), dtype=torch.float, device=queries.device)
         with unwrap_model_for_generation(self.model, self.accelerator,
                                          gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                                          gradient_checkpointing_kwargs=self.args.activation_checkpointing_kwargs
-                                         ) as unwrapped:
+                                         ) as unwrapped, self._autocast():
             policy = unwrapped.policy
             for i in range(0, queries.shape[0], chunk):
                 q = queries[i: i + chunk]
+                if self.sampler is not None:
+                    response, sampled = self.sampler(
+                        policy, q, max_new_tokens=width, temperature=temperature, pad_token_id=self.pad_token_id,
+                        stop_token_id=self.stop_token_id, want_logprobs=not self.mixed_precision)
+                    padded[i: i + q.shape[0]] = response
+                    if sampled is not None:
+                        logprobs[i: i + q.shape[0]] = sampled
+                    continue
                 output = policy.generate(input_ids=q, attention_mask=(q != self.pad_token_id).long(),
                                          generation_config=self.generation_config)
                 response = output.sequences[:, q.shape[1]:]
                 steps = response.shape[1]  # fewer than `width` when every row stopped early
-                logits = torch.stack(output.logits, dim=1).float() / (self.args.temperature + 1e-7)
                 padded[i: i + q.shape[0], :steps] = response
-                logprobs[i: i + q.shape[0], :steps] = core.logprobs_from_logits(logits, response)
-                del output, logits
+                if not self.mixed_precision:
+                    logprobs[i: i + q.shape[0], :steps] = core.logprobs_from_logits(
+                        torch.stack(output.logits, dim=1), response, temperature)
+                del output
         if self.stop_token_id is not None:
             padded = core.truncate_after_stop_token(padded, self.stop_token_id, self.pad_token_id)
         # Anything after the first pad is padding, even if the policy sampled the pad token itself.
@@ -272,12 +304,16 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
     def _forward_logprobs(self, model, query_responses, attention_mask, position_ids, responses) -> torch.Tensor:
         logits = model(input_ids=query_responses, attention_mask=attention_mask, position_ids=position_ids,
                        use_cache=False, logits_to_keep=responses.shape[1] + 1).logits
-        logits = logits[:, :-1].float() / (self.args.temperature + 1e-7)
-        return core.logprobs_from_logits(logits, responses)
+        return core.logprobs_from_logits(logits[:, :-1], responses, self.args.temperature + 1e-7)
 
     @torch.no_grad()
     def score_rollout(self, queries: torch.Tensor, responses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Log-probs under pi_SFT (the disabled adapter under LoRA), values and the normalised score r(x, y)."""
+        """Log-probs under pi_SFT (the disabled adapter under LoRA), values and the normalised score r(x, y); in
+        mixed precision also the rollout's log-probs under pi_RL, from the forward the PPO epochs repeat."""
+        with self._autocast():
+            return self._score_rollout(queries, responses)
+
+    def _score_rollout(self, queries: torch.Tensor, responses: torch.Tensor) -> dict[str, torch.Tensor]:
         context_length = queries.shape[1]
         unwrapped = self._unwrapped()
         out = defaultdict(list)
@@ -293,6 +329,9 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
             else:
                 ref = self._forward_logprobs(self.ref_model, qr, attention_mask, position_ids, r)
             out["ref_logprobs"].append(ref)
+            if self.mixed_precision:
+                out["logprobs"].append(
+                    self._forward_logprobs(unwrapped.policy, qr, attention_mask, position_ids, r))
             values = compute_values(unwrapped.value_model, qr, attention_mask, position_ids)
             out["values"].append(values[:, context_length - 1: -1])
             out["scores"].append(reward_scores(self.reward_model, qr, attention_mask))
@@ -307,7 +346,8 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         width = max(1, int((responses != self.pad_token_id).sum(1).max()))
         responses, logprobs = responses[:, :width], logprobs[:, :width]
         scored = self.score_rollout(queries, responses)
-        scored["logprobs"] = logprobs
+        if not self.mixed_precision:
+            scored["logprobs"] = logprobs
         mask = responses != self.pad_token_id
         scores = scored["scores"]
         contains_stop = (responses == self.stop_token_id).any(-1) if self.stop_token_id is not None else None
@@ -338,10 +378,13 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         args = self.args
         context_length = batch["queries"].shape[1]
         ptx = self._ptx_batch(micro_step) or {}
-        logits, vpred, ptx_loss = self.model(batch["query_responses"], batch["attention_mask"],
-                                             batch["position_ids"], batch["responses"].shape[1] + 1, **ptx)
-        logits = logits[:, :-1].float() / (args.temperature + 1e-7)
-        new_logprobs = core.logprobs_from_logits(logits, batch["responses"])
+        with self._autocast():
+            logits, vpred, ptx_loss = self.model(batch["query_responses"], batch["attention_mask"],
+                                                 batch["position_ids"], batch["responses"].shape[1] + 1, **ptx)
+        # half-precision logits stay half: the log-softmax upcasts them to fp32 a chunk of positions at a time
+        logits = logits[:, :-1]
+        temperature = args.temperature + 1e-7
+        new_logprobs = core.logprobs_from_logits(logits, batch["responses"], temperature)
         vpred = vpred[:, context_length - 1: -1]
         mask = batch["mask"]
         pg_loss, pg_stats = core.policy_loss(new_logprobs, batch["logprobs"], batch["advantages"], mask,
@@ -351,7 +394,7 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         if ptx_loss is not None:
             loss = loss + args.ptx_coef * ptx_loss
         with torch.no_grad():
-            entropy = core.masked_mean(core.entropy_from_logits(logits), mask)
+            entropy = core.masked_mean(core.entropy_from_logits(logits, temperature), mask)
             ratio = torch.exp(new_logprobs - batch["logprobs"])
             ratio_var = core.masked_var(ratio, mask)
         return {
@@ -371,8 +414,22 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         logger.warning("%s Skipping this batch.", message)
         return False
 
+    def _fused_torch_optimizer(self) -> torch.optim.Optimizer | None:
+        """The torch optimizer when it is a fused Adam(W) that can skip a step on a device-side flag (`found_inf`,
+        the mechanism of torch's GradScaler), so non-finite losses need no host sync; None otherwise."""
+        if self.is_deepspeed_enabled or getattr(self.accelerator, "scaler", None) is not None:
+            return None
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        fused = isinstance(inner, torch.optim.Adam) and all(g.get("fused") for g in inner.param_groups)
+        return inner if fused else None
+
     def optimise(self, experience: dict[str, torch.Tensor], update: int) -> dict[str, float] | None:
-        """num_ppo_epochs passes over freshly shuffled minibatches; returns averaged statistics."""
+        """num_ppo_epochs passes over freshly shuffled minibatches; returns averaged statistics.
+
+        Nothing in the loop waits for the device: statistics stay tensors, and with a fused AdamW a non-finite loss
+        makes the optimizer skip its step through a device-side flag; the one check is after the loop. (Other
+        optimizers and DeepSpeed check each micro-batch's loss before its backward.)
+        """
         args = self.args
         local_bs, mini_bs = self.sizes["local_batch_size"], self.sizes["local_mini_batch_size"]
         micro_bs = args.per_device_train_batch_size
@@ -380,28 +437,42 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
                 "advantages", "returns", "queries")
         stats = defaultdict(list)
         micro_step = update * args.num_ppo_epochs * (local_bs // micro_bs)
+        fused = self._fused_torch_optimizer()
+        device = experience["responses"].device
+        step_bad = torch.zeros((), dtype=torch.float32, device=device)
         self.model.train()
-        for _ in range(args.num_ppo_epochs):
-            permutation = torch.randperm(local_bs, device=experience["responses"].device)
-            for mb_start in range(0, local_bs, mini_bs):
-                minibatch = permutation[mb_start: mb_start + mini_bs]
-                for micro_start in range(0, mini_bs, micro_bs):
-                    idx = minibatch[micro_start: micro_start + micro_bs]
-                    micro = {k: experience[k][idx] for k in keys}
-                    with self.accelerator.accumulate(self.model):
-                        out = self.ppo_step(micro, micro_step)
-                        micro_step += 1
-                        if not self._check_finite("loss", out["loss"]):
+        try:
+            for _ in range(args.num_ppo_epochs):
+                permutation = torch.randperm(local_bs, device=device)
+                for mb_start in range(0, local_bs, mini_bs):
+                    minibatch = permutation[mb_start: mb_start + mini_bs]
+                    for micro_start in range(0, mini_bs, micro_bs):
+                        idx = minibatch[micro_start: micro_start + micro_bs]
+                        micro = {k: experience[k][idx] for k in keys}
+                        with self.accelerator.accumulate(self.model):
+                            out = self.ppo_step(micro, micro_step)
+                            micro_step += 1
+                            if fused is None and not self._check_finite("loss", out["loss"]):
+                                self.optimizer.zero_grad()
+                                return None
+                            self.accelerator.backward(out["loss"])
+                            if fused is not None:
+                                step_bad = torch.maximum(step_bad, (~torch.isfinite(out["loss"].detach())).float())
+                                fused.found_inf = step_bad  # read by the fused kernel: skip this step if set
+                            if self.accelerator.sync_gradients and args.max_grad_norm:
+                                self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                            self.optimizer.step()
                             self.optimizer.zero_grad()
-                            return None
-                        self.accelerator.backward(out["loss"])
-                        if self.accelerator.sync_gradients and args.max_grad_norm:
-                            self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad()
-                    for k, v in out.items():
-                        stats[k].append(v.detach().float())
-        self.model.eval()
+                            if self.accelerator.sync_gradients:
+                                step_bad = torch.zeros_like(step_bad)
+                        for k, v in out.items():
+                            stats[k].append(v.detach().float())
+        finally:
+            if fused is not None and hasattr(fused, "found_inf"):
+                del fused.found_inf
+            self.model.eval()
+        if fused is not None and not self._check_finite("loss", torch.stack(stats["loss"])):
+            return None  # the non-finite steps were skipped on the device; the batch's statistics are dropped
         return {k: torch.stack(v).mean() for k, v in stats.items()}
 
     # ------------------------------------------------------------------------------------------------------------
