@@ -29,7 +29,7 @@ $(BIN)/activate:
 install: $(BIN)/activate
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[dev,deepspeed,quantization]"
+	$(BIN)/pip install -e ".[dev,deepspeed,quantization,judges]"
 	touch $(BIN)/rlhf-installed
 
 $(BIN)/rlhf-installed: pyproject.toml | $(BIN)/activate
@@ -39,6 +39,7 @@ demo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR)
 	$(MAKE) pipeline MODEL=demo
 	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate.yaml
+	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate_heldout.yaml
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/sft
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/reward
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/ppo
