@@ -11,7 +11,14 @@ import torch
 from conftest import REPO, run_recipe
 from trl import ModelConfig
 
-from rlhf_recipes.evaluation import COLUMNS, JUDGE_COLUMNS, EvalArguments, evaluate_policies, sample_responses, write_report
+from rlhf_recipes.evaluation import (
+    COLUMNS,
+    JUDGE_COLUMNS,
+    EvalArguments,
+    evaluate_policies,
+    sample_responses,
+    write_report,
+)
 from rlhf_recipes.models import load_model, load_tokenizer
 
 N_PROMPTS = 12

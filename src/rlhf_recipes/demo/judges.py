@@ -23,14 +23,14 @@ Install: ``pip install "rlhf-recipes[judges]"``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cache
 
 from ..evaluation_metrics import win_rate
 
 JUDGES = ("vader", "afinn")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scorer(judge: str) -> Callable[[str], float]:
     if judge not in JUDGES:
         raise ValueError(f"Unknown judge {judge!r} in `judges`; choose from {list(JUDGES)}.")
