@@ -49,6 +49,25 @@ VARIANTS: dict[str, dict] = {
     "epochs2": {**BEFORE, "num_ppo_epochs": 2},
     "fixed-beta0.2": {**BEFORE, "kl_horizon": 1_000_000_000},  # the adaptive controller barely moves: fixed beta
     "ptx0": {**BEFORE, "ptx_coef": 0.0},
+    # second round: ptx keeps length and diversity (ptx0.5); push the judges' win with more optimisation on top
+    "ptx1": {**BEFORE, "ptx_coef": 1.0},
+    "ptx0.5-beta0.05": {**BEFORE, "ptx_coef": 0.5, "kl_coef": 0.05},
+    "ptx1-beta0.05": {**BEFORE, "ptx_coef": 1.0, "kl_coef": 0.05},
+    "ptx1-target10": {**BEFORE, "ptx_coef": 1.0, "target_kl": 10.0},
+    # no missing-EOS penalty (eos0) lifts the judges; ptx brings length and diversity back
+    "ptx0.5-eos0": {**BEFORE, "ptx_coef": 0.5, "missing_eos_penalty": 0.0},
+    "ptx1-eos0": {**BEFORE, "ptx_coef": 1.0, "missing_eos_penalty": 0.0},
+    "ptx0.5-eos0-beta0.05": {**BEFORE, "ptx_coef": 0.5, "missing_eos_penalty": 0.0, "kl_coef": 0.05},
+    "ptx1-eos0-target10": {**BEFORE, "ptx_coef": 1.0, "missing_eos_penalty": 0.0, "target_kl": 10.0},
+    # third round: terms that target what drifts (length, diversity) instead of holding the whole policy back
+    "eos0-beta0.05": {**BEFORE, "missing_eos_penalty": 0.0, "kl_coef": 0.05},
+    "eos0-minlen12": {**BEFORE, "missing_eos_penalty": 0.0, "min_response_length": 12},
+    "eos0-ent0.02": {**BEFORE, "missing_eos_penalty": 0.0, "entropy_coef": 0.02},
+    # eos0-beta0.05 wins on every judge but collapses diversity and length: add the terms to it
+    "eos0-beta0.05-ent0.02-minlen12": {**BEFORE, "missing_eos_penalty": 0.0, "kl_coef": 0.05, "entropy_coef": 0.02,
+                                       "min_response_length": 12},
+    "eos0-beta0.05-ent0.05-minlen12": {**BEFORE, "missing_eos_penalty": 0.0, "kl_coef": 0.05, "entropy_coef": 0.05,
+                                       "min_response_length": 12},
 }
 
 GOAL = {"judge_win": 0.8, "ratio": 0.9, "labeler_win": 0.85}
