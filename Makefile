@@ -13,7 +13,7 @@ ARGS ?=
 # here). On a GPU machine pick the build for your CUDA, e.g. TORCH="torch --index-url .../cu128".
 TORCH ?= torch==2.13.0
 # The extras `make install` (and CI) installs; `make lock` pins the closure of exactly these.
-EXTRAS ?= dev,deepspeed,quantization
+EXTRAS ?= dev,deepspeed,quantization,judges
 # The tested versions of every other package (`make lock` writes it); `make install-latest` ignores it.
 CONSTRAINTS ?= constraints.txt
 RUN ?=
@@ -59,6 +59,7 @@ demo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR)
 	$(MAKE) pipeline MODEL=demo
 	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate.yaml
+	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate_heldout.yaml
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/sft
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/reward
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/ppo

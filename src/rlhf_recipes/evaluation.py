@@ -2,8 +2,9 @@
 
 Per policy: the normalised reward-model score (mean and spread), the win rate against the first policy as judged
 by the reward model, the KL to the reference policy (the sampled responses' summed log-ratio, the k1 estimator
-averaged over prompts), mean response length, distinct-1/distinct-2, the fraction ending with EOS, and on the
-embedded demo the simulated labeler's score.
+averaged over prompts), mean response length (tokens and words), distinct-1/distinct-2, the fraction ending with
+EOS, and on the embedded demo the simulated labeler's score and win rate against the first policy, and the win rate
+of independent sentiment judges (`rlhf_recipes.demo.judges`, which defines it) against the first policy.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from .models import reward_scores
 from .ppo.core import first_true_indices, logprobs_from_logits, truncate_after_stop_token
 
 COLUMNS = ["policy", "rm_score_mean", "rm_score_std", "win_rate_vs_first", "kl_to_reference", "response_length",
-           "distinct_1", "distinct_2", "eos_fraction", "labeler_score"]
+           "mean_words", "distinct_1", "distinct_2", "eos_fraction", "labeler_score", "labeler_win_vs_first"]
+# with `judges` set (names as in rlhf_recipes.demo.judges.JUDGES, repeated so a report needs no judge package)
+JUDGE_COLUMNS = [f"{j}_{m}" for j in ("vader", "afinn") for m in ("score", "win_vs_first")]
 
 
 @dataclass
@@ -44,6 +47,9 @@ class EvalArguments:
     batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
     seed: int = field(default=1234, metadata={"help": "Sampling seed (each policy uses the same one)."})
     simulated_labeler: bool = field(default=False, metadata={"help": "Score with the demo's simulated labeler."})
+    judges: list[str] = field(default_factory=list, metadata={
+        "help": "Independent sentiment judges (`vader`, `afinn`; needs the `judges` extra): their win rate against "
+                "the first policy, per prompt, ties half."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
 
 
@@ -100,6 +106,10 @@ def evaluate_policies(policies: dict[str, PreTrainedModel], tokenizer: PreTraine
     labeler = None
     if args.simulated_labeler:
         from .demo.labeler import labeler_score as labeler
+    if args.judges:
+        from .demo.judges import judge_scores
+    baseline_judged: dict[str, list[float]] = {}
+    baseline_labeled: list[float] | None = None
     for name, policy in tqdm(policies.items(), desc="Evaluating policies"):
         queries, responses = sample_responses(policy, tokenizer, prompts, response_length=args.response_length,
                                               temperature=args.temperature, seed=args.seed,
@@ -120,10 +130,19 @@ def evaluate_policies(policies: dict[str, PreTrainedModel], tokenizer: PreTraine
                   - sequence_logprobs(reference, queries, responses, pad, args.temperature))
             row["kl_to_reference"] = kl.mean().item()
         row["response_length"] = sum(len(i) for i in ids) / len(ids)
+        row["mean_words"] = sum(len(t.split()) for t in texts) / len(texts)
         row["distinct_1"], row["distinct_2"] = distinct_n(ids, 1), distinct_n(ids, 2)
         row["eos_fraction"] = eos_fraction(ids, eos)
         if labeler is not None:
-            row["labeler_score"] = mean_std([labeler(p, t) for p, t in zip(prompts, texts)])[0]
+            labeled = [labeler(p, t) for p, t in zip(prompts, texts)]
+            baseline_labeled = baseline_labeled or labeled
+            row["labeler_score"] = mean_std(labeled)[0]
+            row["labeler_win_vs_first"] = win_rate(labeled, baseline_labeled)
+        for judge in args.judges:
+            judged = judge_scores(judge, texts)
+            baseline_judged.setdefault(judge, judged)
+            row[f"{judge}_score"] = mean_std(judged)[0]
+            row[f"{judge}_win_vs_first"] = win_rate(judged, baseline_judged[judge])
         rows.append(row)
         samples[name] = texts
     return rows, samples
@@ -134,7 +153,7 @@ def write_report(output_dir: str | Path, rows: list[dict[str, Any]], samples: di
     """Write `eval_results.json` and `report.md` (table + responses side by side); return the table."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    columns = [c for c in COLUMNS if any(c in r for r in rows)]
+    columns = [c for c in COLUMNS + JUDGE_COLUMNS if any(c in r for r in rows)]
     table = markdown_table(rows, columns)
     (output_dir / "eval_results.json").write_text(json.dumps(
         {"results": rows, "samples": {k: v[:num_samples] for k, v in samples.items()},

@@ -11,7 +11,14 @@ import torch
 from conftest import REPO, run_recipe
 from trl import ModelConfig
 
-from rlhf_recipes.evaluation import COLUMNS, EvalArguments, evaluate_policies, sample_responses, write_report
+from rlhf_recipes.evaluation import (
+    COLUMNS,
+    JUDGE_COLUMNS,
+    EvalArguments,
+    evaluate_policies,
+    sample_responses,
+    write_report,
+)
 from rlhf_recipes.models import load_model, load_tokenizer
 
 N_PROMPTS = 12
@@ -34,7 +41,8 @@ def twin_evaluation(demo_dir, sft_dir):
     first, second = load(sft_dir, tokenizer), load(sft_dir, tokenizer)
     reward_model = load(sft_dir, tokenizer, kind="reward")
     # 12 tokens: short enough that some responses hit the limit, long enough that some finish with EOS.
-    args = EvalArguments(num_prompts=N_PROMPTS, response_length=12, batch_size=5, seed=7, simulated_labeler=True)
+    args = EvalArguments(num_prompts=N_PROMPTS, response_length=12, batch_size=5, seed=7, simulated_labeler=True,
+                         judges=["vader", "afinn"])
     prompts = held_out_prompts(demo_dir)
     rows, samples = evaluate_policies({"first": first, "second": second}, tokenizer, prompts,
                                       reward_model=reward_model, reference=first, args=args)
@@ -46,8 +54,9 @@ def test_identical_policies_tie_and_have_no_kl(twin_evaluation):
     assert [r["policy"] for r in rows] == ["first", "second"]
     assert samples["first"] == samples["second"]  # same weights, same seed: the same responses
     for row in rows:
-        assert set(row) == set(COLUMNS)
-        assert row["win_rate_vs_first"] == 0.5  # every prompt a tie
+        assert set(row) == set(COLUMNS + JUDGE_COLUMNS)
+        for win in ("win_rate_vs_first", "labeler_win_vs_first", "vader_win_vs_first", "afinn_win_vs_first"):
+            assert row[win] == 0.5  # every prompt a tie
         assert row["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)
         assert math.isfinite(row["rm_score_mean"]) and row["rm_score_std"] > 0  # a real, varied judge
     first, second = ({k: v for k, v in r.items() if k != "policy"} for r in rows)
@@ -74,6 +83,7 @@ def test_diversity_and_eos_match_a_recount_of_the_samples(twin_evaluation):
     assert row["distinct_2"] == pytest.approx(len(set(bigrams)) / len(bigrams))
     assert row["eos_fraction"] == pytest.approx(sum(finished) / len(ids))
     assert row["response_length"] == pytest.approx(len(unigrams) / len(ids))
+    assert row["mean_words"] == pytest.approx(sum(len(t.split()) for t in samples["first"]) / len(ids))
     assert 0 < row["distinct_1"] <= 1 and 0 < row["distinct_2"] <= 1
 
 
@@ -88,7 +98,7 @@ def test_write_report(twin_evaluation, tmp_path):
     report = (tmp_path / "eval" / "report.md").read_text()
     assert table in report
     header = table.splitlines()[0]
-    assert header == "| " + " | ".join(COLUMNS) + " |"
+    assert header == "| " + " | ".join(COLUMNS + JUDGE_COLUMNS) + " |"
     assert "| first | " in table and "| second | " in table and "| 0.5 |" in table
     for prompt in prompts[:3]:
         assert prompt.replace("|", "\\|") in report
@@ -106,9 +116,12 @@ def test_evaluate_recipe_sft_against_base(demo_dir, sft_dir, tmp_path, capsys):
     assert [r["policy"] for r in rows] == ["sft", "base"]
     sft, base = rows
     assert sft["win_rate_vs_first"] == 0.5 and sft["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)
+    # the demo recipe also asks the labeler and both sentiment judges; the first policy ties with itself
+    for win in ("labeler_win_vs_first", "vader_win_vs_first", "afinn_win_vs_first"):
+        assert sft[win] == 0.5 and 0 <= base[win] <= 1
     assert base["kl_to_reference"] > 0  # base samples are likelier under base than under SFT
     for row in rows:
-        assert all(math.isfinite(row[c]) for c in COLUMNS if c != "policy"), row
+        assert all(math.isfinite(row[c]) for c in COLUMNS + JUDGE_COLUMNS if c != "policy"), row
         assert 0 <= row["eos_fraction"] <= 1 and 0 <= row["win_rate_vs_first"] <= 1
     results = json.loads((out / "eval_results.json").read_text())
     assert results["results"] == rows and len(results["prompts"]) == 8

@@ -332,6 +332,10 @@ def test_truncation_after_eos_and_missing_eos_penalty_counts_response_tokens_onl
         raw_scores = torch.stack([score_of(rm, unpadded(q, r, pad)[0]) for q, r in zip(queries, responses)])
     assert_close(exp["raw_scores"], raw_scores)
     assert_close(exp["scores"], raw_scores - 2.5 * torch.tensor([0.0, 1.0, 1.0, 0.0]))
+    # responses under min_response_length (4) tokens lose short_response_penalty (2.0) * the missing fraction
+    trainer.args.min_response_length, trainer.args.short_response_penalty = 4, 2.0
+    short = trainer.make_experience(queries)
+    assert_close(short["scores"], exp["scores"] - 2.0 * torch.tensor([0.25, 0.0, 0.75, 0.75]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -425,6 +429,14 @@ def test_gradients_equal_plain_ppo_without_ptx_and_ptx_moves_them(tok, prompts, 
     assert moved > 0
     # the value function gets no gradient from the LM loss
     assert all(torch.equal(with_ptx[n], plain[n]) for n in plain if n.startswith("value_model."))
+
+    # entropy bonus: the same micro-batch, loss minus entropy_coef * the mean token entropy, which now has a gradient
+    trainer.args.ptx_coef, trainer.args.entropy_coef = 0.0, 0.5
+    out_ent, with_ent = trainer_grads()
+    assert out_ent["entropy"].item() == pytest.approx(out["entropy"].item(), rel=1e-6) and out["entropy"] > 0
+    assert out_ent["loss"].item() == pytest.approx(loss.item() - 0.5 * out["entropy"].item(), rel=1e-5)
+    assert any(not torch.allclose(with_ent[n], plain[n]) for n in plain if n.startswith("policy."))
+    assert all(torch.equal(with_ent[n], plain[n]) for n in plain if n.startswith("value_model."))
 
 
 class _Capture:

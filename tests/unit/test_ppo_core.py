@@ -21,6 +21,7 @@ from rlhf_recipes.ppo.core import (
     masked_whiten,
     per_token_rewards,
     policy_loss,
+    short_response_penalty,
     truncate_after_stop_token,
     value_loss,
 )
@@ -161,6 +162,13 @@ def test_per_token_rewards_hand_values():
     close(non_score, [[-0.05, -0.1, -0.15], [-0.2, 0.1, 0.0]])
     # score added at the last real token: row 0 at t=2 (-0.15 + 1), row 1 at t=1 (0.1 - 0.5).
     close(rewards, [[-0.05, -0.1, 0.85], [-0.2, -0.4, 0.0]])
+
+
+def test_short_response_penalty_hand_values():
+    lengths = torch.tensor([0, 3, 8, 12, 20])
+    # min_length 8, coef 2: 2 * (8 - L) / 8 below 8 tokens, nothing from 8 on
+    close(short_response_penalty(lengths, 8, 2.0), [2.0, 1.25, 0.0, 0.0, 0.0])
+    close(short_response_penalty(lengths, 0, 2.0), [0.0] * 5)  # off
 
 
 def test_per_token_rewards_sum_is_score_minus_beta_kl():

@@ -8,6 +8,7 @@ Layout (what `recipes/demo/*.yaml` reads):
     data/reward/{train,test}.jsonl   prompt, responses (K=4, best first, ranked by the simulated labeler)
     data/prompts/{train,test}.jsonl  prompt (PPO training prompts; held-out evaluation prompts)
     data/ptx/train.jsonl             text (pretraining mix for PPO-ptx)
+    data/heldout/prompts.jsonl       prompt (openings from templates no stage trained on: generalisation check)
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import json
 from pathlib import Path
 
 from .base import build_base_model
-from .corpus import ptx_texts, ranked_comparisons, review_prompts, sft_demonstrations
+from .corpus import heldout_prompts, ptx_texts, ranked_comparisons, review_prompts, sft_demonstrations
 
-SIZES = {"sft": (2000, 200), "reward": (1500, 300), "prompts": (1024, 64), "ptx": 1000}
+SIZES = {"sft": (2000, 200), "reward": (1500, 300), "prompts": (1024, 64), "ptx": 1000, "heldout": 256}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -41,6 +42,7 @@ def build_demo_data(output_dir: str | Path, seed: int = 0) -> Path:
     write_jsonl(data / "prompts/train.jsonl", [{"prompt": p} for p in review_prompts(n_train, seed, "train")])
     write_jsonl(data / "prompts/test.jsonl", [{"prompt": p} for p in review_prompts(n_test, seed, "eval")])
     write_jsonl(data / "ptx/train.jsonl", [{"text": t} for t in ptx_texts(SIZES["ptx"], seed=seed + 2)])
+    write_jsonl(data / "heldout/prompts.jsonl", [{"prompt": p} for p in heldout_prompts(SIZES["heldout"], seed)])
     return data
 
 
@@ -50,6 +52,9 @@ def build_demo(output_dir: str | Path = "runs/demo", *, pretrain_steps: int = 30
     output_dir = Path(output_dir)
     marker = output_dir / "base" / "pretraining.json"
     if marker.is_file() and not force:
+        heldout = output_dir / "data/heldout/prompts.jsonl"
+        if not heldout.is_file():  # a demo built before the held-out set existed: add it, nothing else changes
+            write_jsonl(heldout, [{"prompt": p} for p in heldout_prompts(SIZES["heldout"], seed)])
         return output_dir
     build_demo_data(output_dir, seed=seed)
     build_base_model(output_dir / "base", steps=pretrain_steps, batch_size=pretrain_batch_size, seed=seed)

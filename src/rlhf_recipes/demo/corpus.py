@@ -15,6 +15,8 @@ Public API
 * :func:`pretraining_texts` -- full short reviews (positive, negative and mixed) to pretrain the LM.
 * :func:`ptx_texts` -- the same distribution from an independent stream (PPO-ptx mixing).
 * :func:`review_prompts` -- review openings, ``split="train"`` or ``"eval"`` (disjoint sets).
+* :func:`heldout_prompts` -- review openings from templates that no generator here ever uses (out of
+  distribution for every stage, base pretraining included).
 * :func:`sample_continuations` -- K candidate continuations of a prompt, of mixed quality.
 * :func:`sft_demonstrations` -- ``{"prompt", "completion"}`` rows, fluent but of mixed sentiment.
 * :func:`ranked_comparisons` -- ``{"prompt", "responses"}`` rows, ranked best to worst by the labeler.
@@ -40,6 +42,7 @@ __all__ = [
     "pretraining_texts",
     "ptx_texts",
     "ranked_comparisons",
+    "heldout_prompts",
     "review_prompts",
     "sample_continuations",
     "sft_demonstrations",
@@ -234,6 +237,26 @@ _PROMPT_TEMPLATES = (
     "Unlike most {genres}, this one",
 )
 
+
+# Openings for the held-out prompt set only. No other function of this module uses them, so neither the base
+# model's pretraining text, the SFT demonstrations, the ranked comparisons, the PPO prompts nor the ptx mix ever
+# contains one: the set measures how a policy generalises to review openings that no stage saw. They use the
+# corpus vocabulary and end on the same slot words as `_PROMPT_TEMPLATES` ("and", "I", "was", "this one", a genre),
+# so a continuation has the same grammar as in training; only the opening is new.
+_HELDOUT_TEMPLATES = (
+    "My {relative} talked me into this {genre}, and",
+    "I finally got around to this {genre}, and",
+    "On {day} I put on this {genre}, and",
+    "I bought a ticket for this {genre} starring {name}, and",
+    "Years after it came out, this {genre}",
+    "Filmed {place}, this {genre}",
+    "Compared with other {genres}, this one",
+    "Of all the {genres} I have seen, this one",
+    "Sitting through this {genre} {where}, I",
+    "Having read the {source} it is based on, I",
+    "Two hours into this {genre} about {character}, I",
+    "The reviews said this {genre} was",
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Small helpers
@@ -641,6 +664,27 @@ def review_prompts(n: int, seed: int = 0, split: str = "train") -> list[str]:
         out.append(p)
     return out
 
+
+def heldout_prompts(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct review openings from `_HELDOUT_TEMPLATES`, e.g. ``"I finally got around to this western, and"``.
+
+    No training split of the demo (nor the base model's pretraining text) is built from these templates, so no
+    stage ever trained on these openings; `tests/unit/test_demo_heldout.py` checks it on the built data.
+    """
+    rng = random.Random(f"heldout:{seed}")
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        genre = rng.choice(GENRES)
+        p = rng.choice(_HELDOUT_TEMPLATES).format(
+            genre=genre, genres=plural(genre), relative=rng.choice(RELATIVES), day=rng.choice(DAYS),
+            name=_name(rng), place=rng.choice(PLACES), where=rng.choice(WHERE), source=rng.choice(SOURCES),
+            character=rng.choice(CHARACTERS),
+        )
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
 
 # ---------------------------------------------------------------------------------------------------------------
 # Continuations

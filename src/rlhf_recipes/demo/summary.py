@@ -87,6 +87,13 @@ def summarize(run_root: str | Path) -> str:
         columns = [c for c in EVAL_COLUMNS if any(c in r for r in results)]
         text += ["", "#### Held-out evaluation (reward model, simulated labeler, KL to SFT)", "",
                  markdown_table(results, columns)]
+    heldout_file = run_root / "eval_heldout" / "eval_results.json"
+    if heldout_file.is_file():
+        results = json.loads(heldout_file.read_text())["results"]
+        columns = [c for c in ("policy", "labeler_win_vs_first", "vader_win_vs_first", "afinn_win_vs_first",
+                               "kl_to_reference", "mean_words", "distinct_2") if any(c in r for r in results)]
+        text += ["", "#### Openings no stage trained on (win rates vs SFT: labeler and two independent judges)", "",
+                 markdown_table(results, columns)]
     return "\n".join(text) + "\n"
 
 

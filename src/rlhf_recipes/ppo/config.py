@@ -81,6 +81,14 @@ class PPOConfig(TrainingArguments):
         default=None, metadata={"help": "Adaptive KL controller target (Ziegler et al. 2019); off when unset."}
     )
     kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL controller horizon, in episodes."})
+    entropy_coef: float = field(
+        default=0.0, metadata={"help": "Weight of the policy's mean token entropy, subtracted from the loss (a bonus)."}
+    )
+    min_response_length: int = field(
+        default=0, metadata={"help": "Responses shorter than this many tokens lose `short_response_penalty` * the "
+                                     "missing fraction from their score (0: off)."}
+    )
+    short_response_penalty: float = field(default=1.0, metadata={"help": "See `min_response_length`."})
     ptx_coef: float = field(default=0.0, metadata={"help": "gamma of PPO-ptx: weight of the pretraining loss."})
     ptx_dataset: str | None = field(
         default=None, metadata={"help": "Pretraining or SFT text for PPO-ptx (Hub id or local file)."}

@@ -38,6 +38,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "per_token_rewards",
+    "short_response_penalty",
     "policy_loss",
     "truncate_after_stop_token",
     "value_loss",
@@ -159,7 +160,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     """Per-token entropy ``H(pi(.|s_t)) = -sum_a pi(a) log pi(a)`` of the categorical given by ``logits / temperature``.
 
     Uses ``H = logsumexp(z) - sum_a softmax(z)_a z_a``, which is exact and avoids ``0 * log 0``; float32, a chunk of
-    positions at a time (no gradient: it is a statistic). ``logits`` is ``[B, T, V]``; returns ``[B, T]``.
+    positions at a time (differentiable, for an entropy bonus; logged as a statistic under no_grad). ``logits`` is ``[B, T, V]``; returns ``[B, T]``.
     """
     batch, length, vocab = logits.shape
     flat = logits.reshape(batch * length, vocab)
@@ -242,6 +243,18 @@ def per_token_rewards(
     rewards = non_score_rewards.clone()
     rewards[batch_idx, last_idx] += score_at_end
     return rewards, non_score_rewards
+
+
+def short_response_penalty(lengths: torch.Tensor, min_length: int, coef: float) -> torch.Tensor:
+    """``coef * max(0, min_length - L) / min_length``: what a response of ``L`` tokens loses from its score.
+
+    Zero at or above ``min_length``, ``coef`` for an empty response. A per-token KL penalty (longer responses pay
+    more) and a missing-EOS penalty both push PPO towards short responses; this counters the drift without rewarding
+    length beyond ``min_length``. ``lengths`` is ``[B]``; returns ``[B]`` (float).
+    """
+    if min_length <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    return coef * (min_length - lengths.float()).clamp(min=0) / min_length
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -353,6 +353,8 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         contains_stop = (responses == self.stop_token_id).any(-1) if self.stop_token_id is not None else None
         if args.missing_eos_penalty is not None and contains_stop is not None:
             scores = scores - args.missing_eos_penalty * (~contains_stop).float()
+        scores = scores - core.short_response_penalty(mask.sum(-1), args.min_response_length,
+                                                      args.short_response_penalty).to(scores.device)
         kl = core.kl_estimate(scored["logprobs"], scored["ref_logprobs"], args.kl_estimator) * mask
         rewards, non_score_rewards = core.per_token_rewards(scores, kl, self.kl_ctl.value, mask)
         if args.whiten_rewards:
@@ -393,8 +395,13 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         loss = pg_loss + args.vf_coef * vf_loss
         if ptx_loss is not None:
             loss = loss + args.ptx_coef * ptx_loss
-        with torch.no_grad():
+        if args.entropy_coef:
             entropy = core.masked_mean(core.entropy_from_logits(logits, temperature), mask)
+            loss = loss - args.entropy_coef * entropy
+            entropy = entropy.detach()
+        with torch.no_grad():
+            if not args.entropy_coef:
+                entropy = core.masked_mean(core.entropy_from_logits(logits, temperature), mask)
             ratio = torch.exp(new_logprobs - batch["logprobs"])
             ratio_var = core.masked_var(ratio, mask)
         return {
