@@ -289,6 +289,41 @@ def reward_scores(
     return logits.squeeze(-1).float() + bias
 
 
+@torch.no_grad()
+def score_responses(
+    model: PreTrainedModel,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    *,
+    pad_token_id: int,
+    eos_token_id: int,
+    missing_eos_penalty: float | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """`reward_scores` of each prompt + response (token ids, no padding), with PPO's missing-EOS penalty.
+
+    A response that never produced `eos_token_id` (it hit the length limit) loses `missing_eos_penalty`, as in
+    PPO's rollout, so that every stage that optimises or selects by the reward model sees the same reward.
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses: give one response per prompt.")
+    device = next(model.parameters()).device
+    scores = []
+    for start in range(0, len(prompt_ids), batch_size):
+        rows = [list(p) + list(r) for p, r in zip(prompt_ids[start: start + batch_size],
+                                                   response_ids[start: start + batch_size])]
+        width = max(len(row) for row in rows)
+        # Left padding: the last real token (the EOS) is the last column; position ids come from the mask.
+        ids = torch.tensor([[pad_token_id] * (width - len(row)) + row for row in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
+        scores.append(reward_scores(model, ids, mask))
+    scores = torch.cat(scores) if scores else torch.zeros(0)
+    if missing_eos_penalty:
+        finished = torch.tensor([eos_token_id in r for r in response_ids], device=scores.device)
+        scores = scores - missing_eos_penalty * (~finished).float()
+    return scores
+
+
 def check_same_tokenizer(tokenizer: PreTrainedTokenizerBase, other_name_or_path: str | None,
                          trust_remote_code: bool = False) -> None:
     """Refuse a reward/value model whose tokenizer differs from the policy's: its scores would read other tokens."""
