@@ -21,7 +21,7 @@ ifeq ($(MODEL),demo)
 LAUNCH += --mixed_precision no
 endif
 
-.PHONY: install demo sft reward ppo pipeline eval plots push test test-all lint bench clean
+.PHONY: install demo sft reward ppo grpo rloo best_of_n frontier pipeline eval plots push test test-all lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,17 @@ demo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/ppo
 	$(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR)
 
-sft reward ppo: $(BIN)/rlhf-installed
+sft reward ppo grpo rloo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(ARGS)
+
+best_of_n: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(BIN)/python recipes/best_of_n.py --config $(or $(CONFIG),recipes/$(MODEL)/best_of_n.yaml) $(ARGS)
+
+# PPO, best-of-n, GRPO and RLOO on one chart of gold score against KL (runs/demo/frontier/); builds the demo first
+# when its SFT and reward stages are missing.
+frontier: $(BIN)/rlhf-installed
+	test -f $(DEMO_DIR)/reward/config.json || $(MAKE) demo
+	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.frontier --demo_dir $(DEMO_DIR) $(ARGS)
 
 pipeline: $(BIN)/rlhf-installed
 	$(MAKE) sft CONFIG=
