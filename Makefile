@@ -29,7 +29,7 @@ $(BIN)/activate:
 install: $(BIN)/activate
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[dev,deepspeed,quantization]"
+	$(BIN)/pip install -e ".[dev,deepspeed,quantization,tracking]"
 	touch $(BIN)/rlhf-installed
 
 $(BIN)/rlhf-installed: pyproject.toml | $(BIN)/activate

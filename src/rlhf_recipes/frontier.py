@@ -60,6 +60,8 @@ class FrontierArguments:
     seed: int = field(default=1234, metadata={"help": "Evaluation sampling seed (= recipes/demo/evaluate.yaml)."})
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch in evaluation."})
     reuse_runs: bool = field(default=False, metadata={"help": "Evaluate existing run folders instead of training."})
+    gold_thresholds: list[float] = field(default_factory=lambda: [0.75, 0.85],
+                                         metadata={"help": "The summary's 'time to labeler score / win rate X'."})
 
 
 class Judge:
@@ -115,7 +117,7 @@ def best_of_n_points(judge: Judge, ns: Sequence[int]) -> list[dict[str, Any]]:
         proxy = score_responses(judge.reward_model, prompt_ids, result.response_ids, pad_token_id=tok.pad_token_id,
                                 eos_token_id=tok.eos_token_id)
         gold = judge.gold(result.responses)
-        points.append({"method": "best_of_n", "run": f"best_of_n n={n}", "kl": best_of_n_kl(n),
+        points.append({"method": "best_of_n", "run": "best_of_n", "kl": best_of_n_kl(n),
                        "proxy_reward": proxy.mean().item(), "gold_win_rate": win_rate(gold, judge.sft_gold),
                        "gold_score": mean_std(gold)[0], "distinct_2": distinct_n(result.response_ids, 2),
                        "mean_words": mean_std([len(r.split()) for r in result.responses])[0],
@@ -198,7 +200,7 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
                               args.reuse_runs)
             points += run_points(judge, method, f"{method} beta={beta:g}", run_dir, start, args.episodes, beta=beta)
     points = [{k: p[k] for k in POINT_KEYS if k in p} for p in points]
-    write_frontier(out, points)
+    write_frontier(out, points, args.gold_thresholds)
     return points
 
 
@@ -208,17 +210,24 @@ def time_to(points: list[dict[str, Any]], run: str, key: str, threshold: float) 
     return min(reached) if reached else None
 
 
-def summary_lines(points: list[dict[str, Any]]) -> list[str]:
-    """The comparisons the README quotes: each run's best gold at its KL, and the time to labeler 0.85."""
+def summary_lines(points: list[dict[str, Any]], thresholds: Sequence[float] = (0.85,)) -> list[str]:
+    """The comparisons the README quotes: each run's final point, the wall time to a labeler score (and win rate) of
+    each threshold, and PPO's final win rate against the best GRPO/RLOO point at equal or higher KL."""
     lines = []
     runs = sorted({p["run"] for p in points if p["method"] != "best_of_n"})
     for run in runs:
         final = max((p for p in points if p["run"] == run), key=lambda p: p["episodes"])
-        t_score = time_to(points, run, "gold_score", 0.85)
-        t_win = time_to(points, run, "gold_win_rate", 0.85)
+        times = "; ".join(f"time to labeler score {t:g}: {_fmt_s(time_to(points, run, 'gold_score', t))}, to win "
+                          f"rate {t:g}: {_fmt_s(time_to(points, run, 'gold_win_rate', t))}" for t in thresholds)
         lines.append(f"- {run}: final KL {final['kl']:.2f}, labeler score {final['gold_score']:.3f}, win rate vs SFT "
                      f"{final['gold_win_rate']:.3f}, distinct-2 {final['distinct_2']:.3f}, {final['mean_words']:.1f} "
-                     f"words; time to labeler score 0.85: {_fmt_s(t_score)}, to win rate 0.85: {_fmt_s(t_win)}")
+                     f"words; {times}")
+    bon = sorted((p for p in points if p["method"] == "best_of_n"), key=lambda p: p["n"])
+    for threshold in thresholds:
+        first = next((p for p in bon if p["gold_score"] >= threshold), None)
+        if first is not None:
+            lines.append(f"- best-of-n first reaches labeler score {threshold:g} at n = {first['n']} (KL "
+                         f"{first['kl']:.2f}, win rate {first['gold_win_rate']:.3f}, {first['wall_s']:.0f} s)")
     ppo = [p for p in points if p["method"] == "ppo" and p["episodes"] > 0]
     if ppo:
         final = max(ppo, key=lambda p: p["episodes"])
@@ -235,21 +244,21 @@ def _fmt_s(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:.0f} s"
 
 
-def write_frontier(out: Path, points: list[dict[str, Any]]) -> None:
+def write_frontier(out: Path, points: list[dict[str, Any]], thresholds: Sequence[float] = (0.85,)) -> None:
     from .plots import plot_frontier
 
     (out / "frontier.json").write_text(json.dumps(points, indent=2) + "\n")
     plot_frontier(points, out / "frontier.png")
     columns = ["run", "episodes", "kl", "proxy_reward", "gold_score", "gold_win_rate", "distinct_2", "mean_words",
                "wall_s"]
-    (out / "frontier.md").write_text("# Frontier\n\n" + "\n".join(summary_lines(points)) + "\n\n"
+    (out / "frontier.md").write_text("# Frontier\n\n" + "\n".join(summary_lines(points, thresholds)) + "\n\n"
                                      + markdown_table(points, columns) + "\n")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     (args,) = parse_recipe_args((FrontierArguments,), argv)
     points = run_frontier(args)
-    print("\n".join(summary_lines(points)))
+    print("\n".join(summary_lines(points, args.gold_thresholds)))
     print(f"Wrote {len(points)} points to {Path(args.output_dir or Path(args.demo_dir) / 'frontier')}")
     return points
 

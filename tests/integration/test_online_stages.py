@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ TEXTS = [("This film was", " a delight."), ("I expected little, and the plot", "
 @pytest.fixture(scope="module")
 def rm_dir(sft_dir, tmp_path_factory):
     """The shared random-head reward model, with a normalisation bias that every score must include."""
-    path = reward_model_dir(sft_dir, tmp_path_factory.mktemp("online-rm"))
+    root = tmp_path_factory.mktemp("online-rm")
+    path = shutil.copytree(reward_model_dir(sft_dir, root), root / "biased")  # the shared one stays unbiased
     write_reward_bias(path, 0.25)
     return path
 
