@@ -133,3 +133,23 @@ def test_best_of_n_recipe_writes_chosen_responses_and_metrics(demo_dir, sft_dir,
     saved = json.loads((tmp_path / "best_of_n_metrics.json").read_text())
     assert saved == pytest.approx(metrics) and saved["kl"] == pytest.approx(math.log(4) - 0.75)
     assert saved["episodes"] == 20 and saved["rm_score_mean"] == pytest.approx(sum(r["score"] for r in rows) / 5)
+
+
+def test_grpo_run_pushes_itself_with_our_card_and_no_pickles(demo_dir, sft_dir, rm_dir, tmp_path, monkeypatch):
+    from hub_fakes import install_fake_hub
+
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_write_token_for_tests")
+    fake_hub = install_fake_hub(monkeypatch)
+    out = tmp_path / "grpo"
+    run_recipe("grpo", ["--config", str(REPO / "recipes/demo/grpo.yaml"), "--sft_model_path", str(sft_dir),
+                        "--model_name_or_path", str(sft_dir), "--reward_model_path", str(rm_dir),
+                        "--dataset_name", str(demo_dir / "data/prompts"), "--output_dir", str(out),
+                        "--max_steps", "1", "--per_device_train_batch_size", "4", "--num_generations", "4",
+                        "--max_completion_length", "4", "--max_train_samples", "8", "--save_strategy", "no",
+                        "--push_to_hub", "true", "--hub_model_id", "me/grpo-run"])
+    assert set(fake_hub.repos) == {"me/grpo-run"} and fake_hub.errors == []
+    final = fake_hub.commits[-1]
+    assert final.message == "grpo: final model"
+    assert {"README.md", "model.safetensors", "tokenizer.json", "stage_metrics.json"} <= set(final.files)
+    assert final.files["README.md"] == (out / "README.md").read_bytes()
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in final.files)
