@@ -204,9 +204,8 @@ def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
-def _add_lora(model: PreTrainedModel, model_args: ModelConfig, kind: ModelKind, quantized: bool):
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
+def lora_config(model_args: ModelConfig, kind: ModelKind = "causal_lm"):
+    """The LoRA config of `model_args` (TRL's `get_peft_config`, with its one-module target fixed) for `kind`."""
     peft_config = get_peft_config(model_args)
     if peft_config is None:  # get_peft_config returns None when use_peft is off
         model_args.use_peft = True
@@ -220,6 +219,13 @@ def _add_lora(model: PreTrainedModel, model_args: ModelConfig, kind: ModelKind, 
     if kind != "causal_lm":
         # The scalar head is new: train it in full and save it with the adapter.
         peft_config.modules_to_save = sorted(set(peft_config.modules_to_save or []) | {"score"})
+    return peft_config
+
+
+def _add_lora(model: PreTrainedModel, model_args: ModelConfig, kind: ModelKind, quantized: bool):
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    peft_config = lora_config(model_args, kind)
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, peft_config)

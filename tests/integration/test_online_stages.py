@@ -153,3 +153,20 @@ def test_grpo_run_pushes_itself_with_our_card_and_no_pickles(demo_dir, sft_dir, 
     assert {"README.md", "model.safetensors", "tokenizer.json", "stage_metrics.json"} <= set(final.files)
     assert final.files["README.md"] == (out / "README.md").read_bytes()
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in final.files)
+
+
+def test_lora_grpo_trains_an_adapter_on_the_one_module_named(demo_dir, sft_dir, rm_dir, tmp_path):
+    """LoRA is TRL's to apply, with our config: `--lora_target_modules c_attn` alone must adapt c_attn."""
+    out = tmp_path / "grpo-lora"
+    run_recipe("grpo", ["--config", str(REPO / "recipes/demo/grpo.yaml"), "--sft_model_path", str(sft_dir),
+                        "--model_name_or_path", str(sft_dir), "--reward_model_path", str(rm_dir),
+                        "--dataset_name", str(demo_dir / "data/prompts"), "--output_dir", str(out),
+                        "--max_steps", "2", "--per_device_train_batch_size", "8", "--num_generations", "4",
+                        "--max_completion_length", "6", "--max_train_samples", "16", "--save_strategy", "no",
+                        "--use_peft", "true", "--lora_target_modules", "c_attn", "--lora_r", "4",
+                        "--lora_alpha", "8"])
+    assert json.loads((out / "adapter_config.json").read_text())["target_modules"] == ["c_attn"]
+    adapter = load_file(out / "adapter_model.safetensors")
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and all("c_attn" in name for name in adapter)
+    assert any(t.abs().max() > 0 for t in lora_b)  # B starts at zero: non-zero means the adapter trained

@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from trl import ModelConfig, get_peft_config
+from trl import ModelConfig
 
 from ..data import load_stage_dataset
 from ..host_memory import keep_freed_memory
-from ..models import check_same_tokenizer, load_model, load_tokenizer, score_responses
+from ..models import check_same_tokenizer, load_model, load_tokenizer, lora_config, score_responses
 from ..outputs import check_hub_token, resolve_resume_checkpoint, save_stage
 from .config import RewardModelArguments
 
@@ -84,7 +84,7 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
                                batch_size=training_args.reward_batch_size)
     trainer = trainer_class(model=policy, reward_funcs=reward, args=training_args, train_dataset=dataset["train"],
                             eval_dataset=dataset["test"] if "test" in dataset else None, processing_class=tokenizer,
-                            peft_config=get_peft_config(model_args))
+                            peft_config=lora_config(model_args) if model_args.use_peft else None)
     reward.to(trainer.accelerator.device)  # a plain callable: TRL leaves its placement to us
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
 
