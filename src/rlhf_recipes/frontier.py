@@ -6,7 +6,8 @@ from the SFT policy. This driver puts every method on one chart:
 
 * PPO, GRPO and RLOO are trained with their demo recipes (same prompts, response length, temperature, missing-EOS
   penalty and episode budget), checkpointing along the way; GRPO and RLOO once per value of their KL coefficient
-  `beta` (their main knob). Every checkpoint, and the SFT policy at episode 0, is one point.
+  `beta` (their main knob). Every checkpoint, and the SFT policy at episode 0, is one point. `--seeds 42 43 44`
+  repeats every training run per seed (a single run's gold score varies by about 0.05 on the demo).
 * Best-of-n samples n = 1, 2, 4, ..., 64 responses per prompt from the SFT policy and keeps the reward model's
   favourite; its KL is the analytic `log n - (n-1)/n`.
 
@@ -39,7 +40,7 @@ from .models import load_model, load_tokenizer, score_responses
 
 METHODS = ("ppo", "best_of_n", "grpo", "rloo")
 POINT_KEYS = ("method", "run", "kl", "proxy_reward", "gold_win_rate", "gold_score", "distinct_2", "mean_words",
-              "episodes", "wall_s", "n", "beta", "checkpoint")
+              "episodes", "wall_s", "n", "beta", "seed", "checkpoint")
 
 
 @dataclass
@@ -56,6 +57,8 @@ class FrontierArguments:
     best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     grpo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5])
     rloo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5])
+    seeds: list[int] = field(default_factory=lambda: [42], metadata={
+        "help": "Training seeds: every PPO/GRPO/RLOO run is repeated per seed (one seed: the recipes' 42)."})
     response_length: int = field(default=24, metadata={"help": "= the demo recipes' response length."})
     seed: int = field(default=1234, metadata={"help": "Evaluation sampling seed (= recipes/demo/evaluate.yaml)."})
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch in evaluation."})
@@ -130,6 +133,12 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+def recipe_main(path: Path) -> Callable[[list[str]], Any]:
+    """`recipes/<stage>.py`'s main as a function of its command line, run in this process."""
+    module = load_recipe_module(path)
+    return lambda argv: module.main(*parse_recipe_args(module.DATACLASSES, argv))
+
+
 def train_run(recipe: Callable[[list[str]], Any], args: list[str], run_dir: Path, reuse: bool) -> float:
     """Run a recipe in this process (unless reusing its folder); returns the start time checkpoints are timed from."""
     start_file = run_dir / "frontier_start_time.json"
@@ -176,29 +185,31 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
     points: list[dict[str, Any]] = []
     if "best_of_n" in args.methods:
         points += best_of_n_points(judge, args.best_of_n)
-    if "ppo" in args.methods:
-        run_dir = out / "ppo"
-        ppo = load_recipe_module(recipes / "ppo.py")
-        updates = args.episodes // 64  # the demo recipe's update: 32 episodes x 2 minibatches
-        extra = ["--config", str(recipes / "demo/ppo.yaml"), *common, "--output_dir", str(run_dir),
-                 "--ptx_dataset", str(demo / "data/ptx/train.jsonl"), "--total_episodes", str(args.episodes),
-                 "--save_steps", str(max(1, updates // args.checkpoints)), "--num_sample_generations", "0"]
-        start = train_run(lambda a: ppo.main(*parse_recipe_args(ppo.DATACLASSES, a)), extra, run_dir,
-                          args.reuse_runs)
-        points += run_points(judge, "ppo", "ppo (demo recipe)", run_dir, start, args.episodes)
-    for method, betas in (("grpo", args.grpo_betas), ("rloo", args.rloo_betas)):
-        if method not in args.methods:
-            continue
-        module = load_recipe_module(recipes / f"{method}.py")
-        steps = args.episodes // 32  # 32 completions (4 prompts x 8) per step in the demo recipes
-        for beta in betas:
-            run_dir = out / f"{method}-beta{beta:g}"
-            extra = ["--config", str(recipes / f"demo/{method}.yaml"), *common, "--output_dir", str(run_dir),
-                     "--beta", str(beta), "--max_steps", str(steps),
-                     "--save_steps", str(max(1, steps // args.checkpoints))]
-            start = train_run(lambda a, m=module: m.main(*parse_recipe_args(m.DATACLASSES, a)), extra, run_dir,
-                              args.reuse_runs)
-            points += run_points(judge, method, f"{method} beta={beta:g}", run_dir, start, args.episodes, beta=beta)
+    for seed in args.seeds:
+        # One seed keeps the recipes' names; several add the seed to every run's name and folder.
+        tag = "" if len(args.seeds) == 1 else f" seed={seed}"
+        folder = "" if len(args.seeds) == 1 else f"-seed{seed}"
+        seeded = [*common, "--seed", str(seed)]
+        if "ppo" in args.methods:
+            run_dir = out / f"ppo{folder}"
+            updates = args.episodes // 64  # the demo recipe's update: 32 episodes x 2 minibatches
+            extra = ["--config", str(recipes / "demo/ppo.yaml"), *seeded, "--output_dir", str(run_dir),
+                     "--ptx_dataset", str(demo / "data/ptx/train.jsonl"), "--total_episodes", str(args.episodes),
+                     "--save_steps", str(max(1, updates // args.checkpoints)), "--num_sample_generations", "0"]
+            start = train_run(recipe_main(recipes / "ppo.py"), extra, run_dir, args.reuse_runs)
+            points += run_points(judge, "ppo", f"ppo (demo recipe){tag}", run_dir, start, args.episodes, seed=seed)
+        for method, betas in (("grpo", args.grpo_betas), ("rloo", args.rloo_betas)):
+            if method not in args.methods:
+                continue
+            steps = args.episodes // 32  # 32 completions (4 prompts x 8) per step in the demo recipes
+            for beta in betas:
+                run_dir = out / f"{method}-beta{beta:g}{folder}"
+                extra = ["--config", str(recipes / f"demo/{method}.yaml"), *seeded, "--output_dir", str(run_dir),
+                         "--beta", str(beta), "--max_steps", str(steps),
+                         "--save_steps", str(max(1, steps // args.checkpoints))]
+                start = train_run(recipe_main(recipes / f"{method}.py"), extra, run_dir, args.reuse_runs)
+                points += run_points(judge, method, f"{method} beta={beta:g}{tag}", run_dir, start, args.episodes,
+                                     beta=beta, seed=seed)
     points = [{k: p[k] for k in POINT_KEYS if k in p} for p in points]
     write_frontier(out, points, args.gold_thresholds)
     return points

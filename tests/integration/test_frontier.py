@@ -44,7 +44,7 @@ def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, s
         assert p["gold_score"] == pytest.approx(bon[1]["gold_score"]) and p["mean_words"] == bon[1]["mean_words"]
     assert bon[2]["kl"] == pytest.approx(math.log(2) - 0.5) and bon[2]["episodes"] == 8
     for p in trained:  # every training run spent the same budget and moved away from SFT
-        assert p["episodes"] == 64 and p["kl"] != 0 and p["wall_s"] > 0
+        assert p["episodes"] == 64 and p["kl"] != 0 and p["wall_s"] > 0 and p["seed"] == 42
 
 
 def test_time_to_threshold_and_summary_compare_ppo_with_grpo_at_equal_kl():
