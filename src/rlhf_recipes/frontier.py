@@ -51,7 +51,10 @@ class FrontierArguments:
     output_dir: str | None = field(default=None, metadata={"help": "Default: <demo_dir>/frontier."})
     recipes_dir: str = field(default="recipes", metadata={"help": "Where ppo.py, grpo.py, rloo.py and demo/ live."})
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": "Subset of " + str(METHODS)})
-    num_prompts: int = field(default=64, metadata={"help": "Held-out prompts (the demo's test split)."})
+    eval_prompts: str | None = field(default=None, metadata={
+        "help": "Prompts every point is evaluated on (a file or folder data.py reads; default: <demo_dir>/data/prompts)."})
+    eval_split: str = field(default="test", metadata={"help": "Split of eval_prompts (the demo's is held out)."})
+    num_prompts: int = field(default=64, metadata={"help": "Use the first N prompts of that split."})
     episodes: int = field(default=2048, metadata={"help": "Episode budget of every training run (= the demo PPO)."})
     checkpoints: int = field(default=8, metadata={"help": "Checkpoints evaluated along each training run."})
     best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
@@ -80,8 +83,11 @@ class Judge:
         self.sft = self.load(demo / "sft")
         self.reward_model = load_model(self.model_args, self.tokenizer, kind="reward",
                                        model_name_or_path=str(demo / "reward"), apply_lora=False).eval()
-        dataset, _ = load_stage_dataset(ScriptArguments(dataset_name=str(demo / "data/prompts")), "prompts")
-        self.prompts = dataset["test"]["prompt"][: args.num_prompts]
+        source = args.eval_prompts or str(demo / "data/prompts")
+        dataset, _ = load_stage_dataset(ScriptArguments(dataset_name=source), "prompts")
+        if args.eval_split not in dataset:
+            raise ValueError(f"{source} has no {args.eval_split!r} split (found {list(dataset)}); set --eval_split.")
+        self.prompts = dataset[args.eval_split]["prompt"][: args.num_prompts]
         self.eval_args = EvalArguments(num_prompts=len(self.prompts), response_length=args.response_length,
                                        batch_size=args.batch_size, seed=args.seed, simulated_labeler=True)
         # Every point's gold win rate is against these SFT responses (same prompts, same seed).
