@@ -13,7 +13,7 @@ ARGS ?=
 # here). On a GPU machine pick the build for your CUDA, e.g. TORCH="torch --index-url .../cu128".
 TORCH ?= torch==2.13.0
 # The extras `make install` (and CI) installs; `make lock` pins the closure of exactly these.
-EXTRAS ?= dev,deepspeed,quantization,judges
+EXTRAS ?= dev,deepspeed,quantization,judges,tracking
 # The tested versions of every other package (`make lock` writes it); `make install-latest` ignores it.
 CONSTRAINTS ?= constraints.txt
 RUN ?=
@@ -29,7 +29,7 @@ LAUNCH += --mixed_precision no
 PPO_ARGS ?= --auto_bf16 true
 endif
 
-.PHONY: install install-latest lock demo demo-results check-demo sft reward ppo pipeline eval plots push test test-all lint bench clean
+.PHONY: install install-latest lock demo demo-results check-demo sft reward ppo grpo rloo best_of_n frontier pipeline eval plots push test test-all lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -73,8 +73,17 @@ demo-results: demo
 check-demo: demo
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --check $(DEMO_RESULTS)
 
-sft reward ppo: $(BIN)/rlhf-installed
+sft reward ppo grpo rloo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(if $(filter ppo,$@),$(PPO_ARGS)) $(ARGS)
+
+best_of_n: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(BIN)/python recipes/best_of_n.py --config $(or $(CONFIG),recipes/$(MODEL)/best_of_n.yaml) $(ARGS)
+
+# PPO, best-of-n, GRPO and RLOO on one chart of gold score against KL (runs/demo/frontier/); builds the demo first
+# when its SFT and reward stages are missing.
+frontier: $(BIN)/rlhf-installed
+	test -f $(DEMO_DIR)/reward/config.json || $(MAKE) demo
+	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.frontier --demo_dir $(DEMO_DIR) $(ARGS)
 
 pipeline: $(BIN)/rlhf-installed
 	$(MAKE) sft CONFIG=

@@ -64,7 +64,7 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = True, value_r
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["sft", "reward", "ppo"], help="which stage the folder holds")
+    parser.add_argument("stage", choices=["sft", "reward", "ppo", "grpo", "rloo"], help="which stage the folder holds")
     parser.add_argument("run_dir", help="the stage's output_dir")
     parser.add_argument("--repo_id", required=True, help="e.g. your-name/gpt2-hh-ppo")
     parser.add_argument("--public", action="store_true", help="create a public repository (default: private)")

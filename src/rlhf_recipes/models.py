@@ -349,9 +349,8 @@ def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
-def _add_lora(model: PreTrainedModel, model_args: ModelConfig, kind: ModelKind, quantized: bool):
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
+def lora_config(model_args: ModelConfig, kind: ModelKind = "causal_lm"):
+    """The LoRA config of `model_args` (TRL's `get_peft_config`, with its one-module target fixed) for `kind`."""
     peft_config = get_peft_config(model_args)
     if peft_config is None:  # get_peft_config returns None when use_peft is off
         model_args.use_peft = True
@@ -365,6 +364,13 @@ def _add_lora(model: PreTrainedModel, model_args: ModelConfig, kind: ModelKind, 
     if kind != "causal_lm":
         # The scalar head is new: train it in full and save it with the adapter.
         peft_config.modules_to_save = sorted(set(peft_config.modules_to_save or []) | {"score"})
+    return peft_config
+
+
+def _add_lora(model: PreTrainedModel, model_args: ModelConfig, kind: ModelKind, quantized: bool):
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    peft_config = lora_config(model_args, kind)
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, peft_config)
@@ -432,6 +438,41 @@ def reward_scores(
     if bias is None:  # a PeftModel or DeepSpeed engine: look through the wrappers
         bias = getattr(getattr(model, "base_model", None), "reward_bias", 0.0)
     return logits.squeeze(-1).float() + bias
+
+
+@torch.no_grad()
+def score_responses(
+    model: PreTrainedModel,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    *,
+    pad_token_id: int,
+    eos_token_id: int,
+    missing_eos_penalty: float | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """`reward_scores` of each prompt + response (token ids, no padding), with PPO's missing-EOS penalty.
+
+    A response that never produced `eos_token_id` (it hit the length limit) loses `missing_eos_penalty`, as in
+    PPO's rollout, so that every stage that optimises or selects by the reward model sees the same reward.
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses: give one response per prompt.")
+    device = next(model.parameters()).device
+    scores = []
+    for start in range(0, len(prompt_ids), batch_size):
+        rows = [list(p) + list(r) for p, r in zip(prompt_ids[start: start + batch_size],
+                                                   response_ids[start: start + batch_size])]
+        width = max(len(row) for row in rows)
+        # Left padding: the last real token (the EOS) is the last column; position ids come from the mask.
+        ids = torch.tensor([[pad_token_id] * (width - len(row)) + row for row in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
+        scores.append(reward_scores(model, ids, mask))
+    scores = torch.cat(scores) if scores else torch.zeros(0)
+    if missing_eos_penalty:
+        finished = torch.tensor([eos_token_id in r for r in response_ids], device=scores.device)
+        scores = scores - missing_eos_penalty * (~finished).float()
+    return scores
 
 
 def check_same_tokenizer(tokenizer: PreTrainedTokenizerBase, other_name_or_path: str | None,

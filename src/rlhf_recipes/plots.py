@@ -194,6 +194,37 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     return plot_log_history(log_history, out_dir)
 
 
+FRONTIER_COLORS = {"ppo": "tab:blue", "best_of_n": "tab:gray", "grpo": "tab:orange", "rloo": "tab:green"}
+_RUN_STYLES = ["-", "--", ":", "-."]
+
+
+def plot_frontier(points: list[dict[str, Any]], path: str | Path) -> Path:
+    """Gold (labeler win rate vs SFT) and proxy (RM score) against KL to SFT, one colour per method, one line per
+    run (a training run's checkpoints, or best-of-n's n); ``points`` as ``rlhf_recipes.frontier`` writes them."""
+    fig = Figure(figsize=(12, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    for ax, key, title in zip(axes, ("gold_win_rate", "proxy_reward"),
+                              ("Gold: simulated-labeler win rate vs SFT", "Proxy: reward-model score")):
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for p in points:
+            runs.setdefault(p["run"], []).append(p)
+        per_method: dict[str, int] = {}
+        for run, run_points in runs.items():
+            method = run_points[0]["method"]
+            style = _RUN_STYLES[per_method.get(method, 0) % len(_RUN_STYLES)]
+            per_method[method] = per_method.get(method, 0) + 1
+            run_points = sorted(run_points, key=lambda p: (p["episodes"], p["kl"]))
+            ax.plot([p["kl"] for p in run_points], [p[key] for p in run_points], style, marker="o", markersize=3,
+                    linewidth=1.2, color=FRONTIER_COLORS.get(method), label=run)
+        ax.set_title(title)
+        ax.set_xlabel("KL(policy || SFT), nats")
+        ax.set_ylabel(key)
+        ax.grid(True, alpha=0.3)
+    axes[1].legend(fontsize=7, loc="best")
+    return _save(fig, Path(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rlhf_recipes.plots",

@@ -1,0 +1,68 @@
+"""`make frontier` end to end on the test demo (tiny budgets), and its summary arithmetic on hand-made points."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import REPO
+from stage_runs import reward_model_dir
+
+from rlhf_recipes.frontier import FrontierArguments, run_frontier, summary_lines, time_to
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+KEYS = {"method", "run", "kl", "proxy_reward", "gold_win_rate", "gold_score", "distinct_2", "mean_words", "episodes",
+        "wall_s"}
+
+
+def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, sft_dir, tmp_path):
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    rm = reward_model_dir(sft_dir, tmp_path)  # the session's random-head reward model
+    for name, target in (("sft", sft_dir), ("reward", rm), ("data", demo_dir / "data")):
+        (demo / name).symlink_to(target)
+    args = FrontierArguments(demo_dir=str(demo), recipes_dir=str(REPO / "recipes"), num_prompts=4, episodes=64,
+                             checkpoints=1, best_of_n=[1, 2], grpo_betas=[0.1], rloo_betas=[0.1], batch_size=4)
+    points = run_frontier(args)
+
+    out = demo / "frontier"
+    assert json.loads((out / "frontier.json").read_text()) == points
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "- ppo (demo recipe): final KL" in (out / "frontier.md").read_text()
+    assert {p["method"] for p in points} == {"ppo", "best_of_n", "grpo", "rloo"}
+    for p in points:
+        assert KEYS <= set(p) and all(math.isfinite(p[k]) for k in KEYS - {"method", "run"})
+
+    sft_points = [p for p in points if p["episodes"] == 0]
+    trained = [p for p in points if p["method"] != "best_of_n" and p["episodes"] > 0]
+    bon = {p["n"]: p for p in points if p["method"] == "best_of_n"}
+    assert len(sft_points) == 3 and len(trained) == 3  # one run per method, one checkpoint each
+    # Best-of-1 is the SFT policy's own sample (same prompts, same seed) as the baseline every point is judged by.
+    for p in [bon[1], *sft_points]:
+        assert p["kl"] == 0 and p["gold_win_rate"] == 0.5
+        assert p["gold_score"] == pytest.approx(bon[1]["gold_score"]) and p["mean_words"] == bon[1]["mean_words"]
+    assert bon[2]["kl"] == pytest.approx(math.log(2) - 0.5) and bon[2]["episodes"] == 8
+    for p in trained:  # every training run spent the same budget and moved away from SFT
+        assert p["episodes"] == 64 and p["kl"] != 0 and p["wall_s"] > 0 and p["seed"] == 42
+
+
+def test_time_to_threshold_and_summary_compare_ppo_with_grpo_at_equal_kl():
+    def point(run, method, episodes, kl, win, score, wall):
+        return {"run": run, "method": method, "episodes": episodes, "kl": kl, "gold_win_rate": win,
+                "gold_score": score, "distinct_2": 0.5, "mean_words": 9.0, "wall_s": wall, "proxy_reward": 1.0}
+
+    points = [point("ppo", "ppo", 0, 0.0, 0.5, 0.4, 0.0), point("ppo", "ppo", 1024, 2.0, 0.8, 0.80, 20.0),
+              point("ppo", "ppo", 2048, 3.0, 0.9, 0.86, 40.0),
+              point("grpo b", "grpo", 1024, 2.5, 0.7, 0.70, 10.0), point("grpo b", "grpo", 2048, 5.0, 0.85, 0.84, 19.0),
+              point("grpo c", "grpo", 2048, 2.9, 0.95, 0.9, 30.0)]
+    assert time_to(points, "ppo", "gold_score", 0.85) == 40.0
+    assert time_to(points, "ppo", "gold_win_rate", 0.8) == 20.0
+    assert time_to(points, "grpo b", "gold_score", 0.85) is None
+    points += [{**point("best_of_n", "best_of_n", 64 * n, kl, 0.5, score, n), "n": n}
+               for n, kl, score in ((1, 0.0, 0.4), (2, 0.19, 0.86), (4, 0.64, 0.9))]
+    lines = summary_lines(points)
+    assert "- best-of-n first reaches labeler score 0.85 at n = 2 (KL 0.19, win rate 0.500, 2 s)" in lines
+    assert any(line.startswith("- grpo b:") and "to labeler score 0.85: never" in line for line in lines)
+    # Only GRPO/RLOO points at KL >= PPO's final 3.0 compete: "grpo c" (KL 2.9) does not.
+    assert lines[-1].endswith("grpo b at 2048 episodes, KL 5.00, win rate 0.850")
