@@ -21,7 +21,7 @@ ifeq ($(MODEL),demo)
 LAUNCH += --mixed_precision no
 endif
 
-.PHONY: install demo sft reward ppo pipeline eval plots push test test-all lint bench clean
+.PHONY: install demo sft reward ppo pipeline eval plots push test test-all lint bench clean sample label chat
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -73,3 +73,11 @@ bench: $(BIN)/rlhf-installed
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# The feedback loop (InstructGPT steps 2-3): sample K answers, rank them in the labeling app, chat with a policy.
+SAMPLES ?= $(DEMO_DIR)/feedback/samples.jsonl
+COMPARISONS ?= $(DEMO_DIR)/feedback/comparisons.jsonl
+POLICY ?= $(DEMO_DIR)/ppo
+
+sample: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(LAUNCH) recipes/sample.py --config $(or $(CONFIG),recipes/$(MODEL)/sample.yaml) $(ARGS)
