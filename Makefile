@@ -21,7 +21,7 @@ ifeq ($(MODEL),demo)
 LAUNCH += --mixed_precision no
 endif
 
-.PHONY: install demo sft reward ppo pipeline eval plots push test test-all lint bench clean sample label chat
+.PHONY: install demo sft reward ppo pipeline eval plots push test test-all lint bench clean sample label chat push-labels
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ $(BIN)/activate:
 install: $(BIN)/activate
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[dev,deepspeed,quantization]"
+	$(BIN)/pip install -e ".[dev,deepspeed,quantization,feedback]"
 	touch $(BIN)/rlhf-installed
 
 $(BIN)/rlhf-installed: pyproject.toml | $(BIN)/activate
@@ -61,6 +61,10 @@ plots: $(BIN)/rlhf-installed
 push: $(BIN)/rlhf-installed
 	$(BIN)/python -m rlhf_recipes.hub $(STAGE) $(RUN) $(ARGS)
 
+# Publish collected rankings as a Hub dataset: make push-labels ARGS="--hub_dataset_id you/my-rankings"
+push-labels: $(BIN)/rlhf-installed
+	$(BIN)/python recipes/label.py --comparisons_file $(COMPARISONS) --push_to_hub true $(ARGS)
+
 # The test command CI runs: unit, integration and the 2-process DeepSpeed tests, offline.
 test: $(BIN)/rlhf-installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra --timeout 900 tests
@@ -81,3 +85,6 @@ POLICY ?= $(DEMO_DIR)/ppo
 
 sample: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(LAUNCH) recipes/sample.py --config $(or $(CONFIG),recipes/$(MODEL)/sample.yaml) $(ARGS)
+
+label: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(BIN)/python recipes/label.py --samples_file $(SAMPLES) --comparisons_file $(COMPARISONS) $(ARGS)
