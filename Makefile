@@ -88,3 +88,6 @@ sample: $(BIN)/rlhf-installed
 
 label: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python recipes/label.py --samples_file $(SAMPLES) --comparisons_file $(COMPARISONS) $(ARGS)
+
+chat: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(BIN)/python recipes/chat.py --model_name_or_path $(POLICY) $(ARGS)
