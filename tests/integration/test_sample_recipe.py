@@ -63,10 +63,10 @@ def test_sample_writes_k_distinct_answers_and_resumes_after_a_damaged_row(demo_d
 def test_sample_scores_with_the_reward_model(demo_dir, tmp_path):
     """A reward model (here a fresh head on the base model, bias 0) scores each answer at its EOS."""
     import torch
+    from trl import ModelConfig
 
     from rlhf_recipes.feedback.sampling import score_answers
     from rlhf_recipes.models import load_model, load_tokenizer
-    from trl import ModelConfig
 
     output = tmp_path / "samples.jsonl"
     sample(demo_dir, output, "--max_prompts", "2", "--reward_model_path", str(demo_dir / "base"))

@@ -210,3 +210,22 @@ def test_overlap_gold_and_stats(tmp_path):
     assert stats["flags"] == {"harmful": 3}
     assert stats["skip_reasons"] == {"unclear prompt": 1}
     assert "ann / bob" in stats_markdown(stats)
+
+
+def test_the_simulated_labeler_ranks_through_the_store(tmp_path):
+    from rlhf_recipes.demo.labeler import labeler_score, rank_responses
+    from rlhf_recipes.feedback.simulated import label_all
+
+    samples = tmp_path / "samples.jsonl"
+    answers = [" great great great great great.", " I loved the acting and the music.", " The plot was dull.",
+               " It was fine."]
+    samples.write_text("".join(json.dumps({"id": f"r{i}", "prompt": "This western was", "responses": answers}) + "\n"
+                               for i in range(3)))
+    comparisons = tmp_path / "comparisons.jsonl"
+    store = LabelStore(samples, comparisons)
+    assert label_all(store, "simulated", rank_responses, limit=2) == 2
+    assert label_all(store, "simulated", rank_responses) == 1  # a restart goes on where it stopped
+    for row in lines(comparisons):
+        scores = [labeler_score(row["prompt"], r) for r in row["responses"]]
+        assert scores == sorted(scores, reverse=True) and row["labeler"] == "simulated"
+    assert rank_responses("This western was", answers)[0] == 1
