@@ -123,7 +123,7 @@ def test_rank_two_items_in_a_real_browser_by_clicks_and_keys(served, browser):
     page.locator("#flags-3 label", has_text="off_topic").click()
     screenshot_dir = os.environ.get("RLHF_SCREENSHOT_DIR")
     if screenshot_dir:
-        page.screenshot(path=str(Path(screenshot_dir) / "label-rank.png"))
+        page.screenshot(path=str(Path(screenshot_dir) / "label-rank.png"), full_page=True)
     page.click("#submit")
     page.wait_for_selector("#prompt:has-text('I watched this comedy')")
     page.wait_for_selector("#status:has-text('Saved')")
