@@ -21,7 +21,7 @@ ifeq ($(MODEL),demo)
 LAUNCH += --mixed_precision no
 endif
 
-.PHONY: install demo sft reward ppo pipeline eval plots push test test-all lint bench clean sample label chat push-labels
+.PHONY: install demo sft reward ppo pipeline eval plots push test test-all lint bench clean sample label chat push-labels iterate
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -91,3 +91,8 @@ label: $(BIN)/rlhf-installed
 
 chat: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python recipes/chat.py --model_name_or_path $(POLICY) $(ARGS)
+
+# The data loop repeated on the demo (after `make demo`): sample -> simulated labeler via the label store -> RM -> PPO.
+ROUNDS ?= 3
+iterate: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(BIN)/python recipes/iterate.py --demo_dir $(DEMO_DIR) --output_dir $(DEMO_DIR)/iterate --rounds $(ROUNDS) $(ARGS)
