@@ -52,3 +52,23 @@ def test_history_is_cut_to_the_context(demo_dir):
     assert len(policy.tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= policy.context - 8
     assert "turn 39" in prompt and "turn 0 " not in prompt  # the oldest turns go first
     assert prompt.endswith("\n\nAssistant:")
+
+
+def test_chat_candidates_are_ranked_into_the_label_store(demo_dir, tmp_path):
+    """The app's Chat tab: K distinct candidate replies, the ranking stored like any other."""
+    import json
+
+    from rlhf_recipes.feedback.chat import load_chat_policy
+    from rlhf_recipes.feedback.store import LabelStore
+
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"id": "x", "prompt": "p", "responses": ["a", "b"]}) + "\n")
+    store = LabelStore(samples, tmp_path / "comparisons.jsonl")
+    policy = load_chat_policy(str(demo_dir / "base"), max_new_tokens=8, temperature=1.0, top_p=1.0)
+    messages = [{"role": "user", "content": "I watched this western last night"}]
+    replies = policy.replies(messages, k=3)
+    assert 2 <= len(replies) <= 3 and len(set(replies)) == len(replies)
+    row = store.submit_conversation("ann", policy.render(messages), replies, list(range(len(replies)))[::-1])
+    assert row["responses"] == replies[::-1] and row["item_id"].startswith("chat-")
+    assert row["prompt"].endswith("\n\nAssistant:")
+    assert store.comparisons.rows == [row]
