@@ -13,7 +13,7 @@ ARGS ?=
 # here). On a GPU machine pick the build for your CUDA, e.g. TORCH="torch --index-url .../cu128".
 TORCH ?= torch==2.13.0
 # The extras `make install` (and CI) installs; `make lock` pins the closure of exactly these.
-EXTRAS ?= dev,deepspeed,quantization,judges,tracking
+EXTRAS ?= dev,deepspeed,quantization,judges,tracking,feedback
 # The tested versions of every other package (`make lock` writes it); `make install-latest` ignores it.
 CONSTRAINTS ?= constraints.txt
 RUN ?=
@@ -29,7 +29,7 @@ LAUNCH += --mixed_precision no
 PPO_ARGS ?= --auto_bf16 true
 endif
 
-.PHONY: install install-latest lock demo demo-results check-demo sft reward ppo grpo rloo best_of_n frontier pipeline eval plots push test test-all lint bench clean
+.PHONY: install install-latest lock demo demo-results check-demo sft reward ppo grpo rloo best_of_n frontier pipeline eval plots push test test-all lint bench clean sample label chat push-labels iterate
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,10 @@ plots: $(BIN)/rlhf-installed
 push: $(BIN)/rlhf-installed
 	$(BIN)/python -m rlhf_recipes.hub $(STAGE) $(RUN) $(ARGS)
 
+# Publish collected rankings as a Hub dataset: make push-labels ARGS="--hub_dataset_id you/my-rankings"
+push-labels: $(BIN)/rlhf-installed
+	$(BIN)/python recipes/label.py --comparisons_file $(COMPARISONS) --push_to_hub true $(ARGS)
+
 # The test command CI runs: unit, integration and the 2-process DeepSpeed tests, offline.
 test: $(BIN)/rlhf-installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra --timeout 900 tests
@@ -111,3 +115,22 @@ bench: $(BIN)/rlhf-installed
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# The feedback loop (InstructGPT steps 2-3): sample K answers, rank them in the labeling app, chat with a policy.
+SAMPLES ?= $(DEMO_DIR)/feedback/samples.jsonl
+COMPARISONS ?= $(DEMO_DIR)/feedback/comparisons.jsonl
+POLICY ?= $(DEMO_DIR)/ppo
+
+sample: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(LAUNCH) recipes/sample.py --config $(or $(CONFIG),recipes/$(MODEL)/sample.yaml) $(ARGS)
+
+label: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(BIN)/python recipes/label.py --samples_file $(SAMPLES) --comparisons_file $(COMPARISONS) $(ARGS)
+
+chat: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(BIN)/python recipes/chat.py --model_name_or_path $(POLICY) $(ARGS)
+
+# The data loop repeated on the demo (after `make demo`): sample -> simulated labeler via the label store -> RM -> PPO.
+ROUNDS ?= 3
+iterate: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(BIN)/python recipes/iterate.py --demo_dir $(DEMO_DIR) --output_dir $(DEMO_DIR)/iterate --rounds $(ROUNDS) $(ARGS)

@@ -14,6 +14,7 @@ from rlhf_recipes.demo.labeler import (
     labeler_breakdown,
     labeler_prefers,
     labeler_score,
+    ranked_comparisons,
     sentiment_score,
 )
 
@@ -33,8 +34,8 @@ def test_same_seed_same_output_different_seed_different_output():
     assert corpus.review_prompts(30, seed=0) != corpus.review_prompts(30, seed=1)
     assert corpus.sft_demonstrations(30, seed=0) == corpus.sft_demonstrations(30, seed=0)
     assert corpus.sft_demonstrations(30, seed=0) != corpus.sft_demonstrations(30, seed=1)
-    assert corpus.ranked_comparisons(10, seed=0) == corpus.ranked_comparisons(10, seed=0)
-    assert corpus.ranked_comparisons(10, seed=0) != corpus.ranked_comparisons(10, seed=1)
+    assert ranked_comparisons(10, seed=0) == ranked_comparisons(10, seed=0)
+    assert ranked_comparisons(10, seed=0) != ranked_comparisons(10, seed=1)
     assert corpus.ptx_texts(30, seed=0) == corpus.ptx_texts(30, seed=0)
     assert corpus.ptx_texts(30, seed=0) != corpus.pretraining_texts(30, seed=0)
     a = corpus.sample_continuations(PROMPT, 6, random.Random(3))
@@ -48,7 +49,7 @@ def test_global_random_state_untouched():
     corpus.pretraining_texts(10, seed=5)
     corpus.review_prompts(10, seed=5, split="eval")
     corpus.sft_demonstrations(10, seed=5)
-    corpus.ranked_comparisons(3, seed=5)
+    ranked_comparisons(3, seed=5)
     corpus.sample_continuations(PROMPT, 4, random.Random(0))
     assert random.getstate() == state
 
@@ -88,7 +89,7 @@ def test_train_and_eval_prompts_are_disjoint():
     assert not train & evals
     # demos and comparisons only use train prompts
     assert not {r["prompt"] for r in corpus.sft_demonstrations(300)} & evals
-    assert not {r["prompt"] for r in corpus.ranked_comparisons(50)} & evals
+    assert not {r["prompt"] for r in ranked_comparisons(50)} & evals
 
 
 def test_invalid_split_raises():
@@ -127,7 +128,7 @@ def test_sft_demonstrations_format_and_sentiment_mix():
 
 def test_ranked_comparisons_sorted_distinct_with_gap():
     for k in (2, 4):
-        rows = corpus.ranked_comparisons(40, k=k, seed=1)
+        rows = ranked_comparisons(40, k=k, seed=1)
         assert len(rows) == 40
         for r in rows:
             assert set(r) == {"prompt", "responses"}
@@ -139,7 +140,7 @@ def test_ranked_comparisons_sorted_distinct_with_gap():
 
 def test_best_of_k_beats_sft_on_average():
     sft = [labeler_score(r["prompt"], r["completion"]) for r in corpus.sft_demonstrations(300, seed=4)]
-    best = [labeler_score(r["prompt"], r["responses"][0]) for r in corpus.ranked_comparisons(150, seed=4)]
+    best = [labeler_score(r["prompt"], r["responses"][0]) for r in ranked_comparisons(150, seed=4)]
     assert statistics.mean(best) > statistics.mean(sft) + 0.1
 
 

@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 
 from .base import build_base_model
-from .corpus import heldout_prompts, ptx_texts, ranked_comparisons, review_prompts, sft_demonstrations
+from .corpus import heldout_prompts, ptx_texts, review_prompts, sft_demonstrations
+from .labeler import ranked_comparisons
 
 SIZES = {"sft": (2000, 200), "reward": (1500, 300), "prompts": (1024, 64), "ptx": 1000, "heldout": 256}
 

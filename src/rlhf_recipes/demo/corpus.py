@@ -19,7 +19,7 @@ Public API
   distribution for every stage, base pretraining included).
 * :func:`sample_continuations` -- K candidate continuations of a prompt, of mixed quality.
 * :func:`sft_demonstrations` -- ``{"prompt", "completion"}`` rows, fluent but of mixed sentiment.
-* :func:`ranked_comparisons` -- ``{"prompt", "responses"}`` rows, ranked best to worst by the labeler.
+(Rankings of these continuations are the labeler's job: :func:`rlhf_recipes.demo.labeler.ranked_comparisons`.)
 
 Formats: prompts have no trailing space; continuations/completions start with a space, so
 ``prompt + completion`` is the full text.
@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Callable
 from functools import lru_cache
 
-from rlhf_recipes.demo.labeler import LEXICON, NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES, labeler_score
+from rlhf_recipes.demo.words import LEXICON, NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
 
 __all__ = [
     "GENRES",
@@ -41,7 +41,6 @@ __all__ = [
     "plural",
     "pretraining_texts",
     "ptx_texts",
-    "ranked_comparisons",
     "heldout_prompts",
     "review_prompts",
     "sample_continuations",
@@ -903,35 +902,6 @@ def sft_demonstrations(n: int, seed: int = 0) -> list[dict[str, str]]:
         prompt = _sample_prompt(rng, "train")
         pol = rng.choices(("pos", "neg", "mixed", "neutral"), weights=(2, 2, 1, 1))[0]
         rows.append({"prompt": prompt, "completion": _fluent_continuation(rng, prompt, pol)})
-    return rows
-
-
-def ranked_comparisons(n: int, k: int = 4, seed: int = 0, min_gap: float = 0.05) -> list[dict]:
-    """``n`` rows ``{"prompt", "responses"}`` with ``k`` distinct responses sorted best to worst.
-
-    Candidates come from :func:`sample_continuations` and are ranked by
-    :func:`rlhf_recipes.demo.labeler.labeler_score`; the ``k`` kept candidates have labeler scores at
-    least ``min_gap`` apart, so the ranking is never a coin flip. Prompts come from the train split.
-    """
-    if k < 2:
-        raise ValueError("k must be >= 2")
-    rng = random.Random(f"ranked:{seed}")
-    rows = []
-    while len(rows) < n:
-        prompt = _sample_prompt(rng, "train")
-        pool = sample_continuations(prompt, max(3 * k, 12), rng)
-        rng.shuffle(pool)
-        picked: list[tuple[float, str]] = []
-        for cand in pool:
-            s = labeler_score(prompt, cand)
-            if all(abs(s - t) >= min_gap for t, _ in picked):
-                picked.append((s, cand))
-                if len(picked) == k:
-                    break
-        if len(picked) < k:
-            continue
-        picked.sort(key=lambda x: -x[0])
-        rows.append({"prompt": prompt, "responses": [c for _, c in picked]})
     return rows
 
 

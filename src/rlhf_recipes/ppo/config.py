@@ -77,6 +77,10 @@ class PPOConfig(TrainingArguments):
     value_model_path: str | None = field(
         default=None, metadata={"help": "Value function init (default: the reward model, as in InstructGPT)."}
     )
+    policy_model_path: str | None = field(
+        default=None, metadata={"help": "Start the policy from this checkpoint instead of sft_model_path (the data "
+                                        "loop continues from its last policy); the KL reference stays pi_SFT."}
+    )
     target_kl: float | None = field(
         default=None, metadata={"help": "Adaptive KL controller target (Ziegler et al. 2019); off when unset."}
     )

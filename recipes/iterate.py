@@ -1,0 +1,22 @@
+"""Repeat InstructGPT's steps 2-3 on the demo: sample from the current policy, label through the label store,
+retrain the RM on all comparisons so far, continue PPO, evaluate (`make iterate ROUNDS=3`).
+
+    python recipes/iterate.py --demo_dir runs/demo --rounds 3     # -> runs/demo/iterate/rounds.json, rounds.png
+
+A rerun continues after the last finished round.
+"""
+
+from rlhf_recipes.config import parse_recipe_args
+from rlhf_recipes.feedback.rounds import RoundsArguments, rounds_table, run_rounds
+
+
+def main(args: RoundsArguments) -> list[dict]:
+    rounds = run_rounds(args)
+    print(rounds_table(rounds))
+    return rounds
+
+
+DATACLASSES = (RoundsArguments,)
+
+if __name__ == "__main__":
+    main(*parse_recipe_args(DATACLASSES))
