@@ -16,7 +16,8 @@ def main(script_args: ScriptArguments, bon_args: BestOfNArguments, model_args: M
     if not policy_path or not bon_args.reward_model_path:
         raise ValueError("Best-of-n needs a policy (`policy_path`) and a reward model (`reward_model_path`).")
     remote = bon_args.trust_remote_code
-    tokenizer = load_tokenizer(policy_path, trust_remote_code=remote, padding_side="left")
+    tokenizer = load_tokenizer(policy_path, trust_remote_code=remote, padding_side="left",
+                               conversation_template=script_args.conversation_template)
     check_same_tokenizer(tokenizer, bon_args.reward_model_path, trust_remote_code=remote)
     dataset, _ = load_stage_dataset(script_args, "prompts", tokenizer=tokenizer, seed=bon_args.seed,
                                     max_prompt_tokens=tokenizer.model_max_length - bon_args.response_length

@@ -22,6 +22,10 @@ class ChatArguments:
     max_new_tokens: int = field(default=64, metadata={"help": "Longest reply, in tokens."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling."})
+    conversation_template: str = field(
+        default="auto", metadata={"help": "auto (the tokenizer's chat template, else HH text), chat_template or hh: "
+                                          "render the conversation as the policy was trained.",
+                                  "choices": ["auto", "chat_template", "hh"]})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
 
@@ -34,7 +38,7 @@ def main(chat_args: ChatArguments, model_args: ModelConfig, stdin=None, stdout=N
     policy = load_chat_policy(model_args.model_name_or_path, revision=model_args.model_revision,
                               dtype=model_args.dtype, trust_remote_code=chat_args.trust_remote_code,
                               max_new_tokens=chat_args.max_new_tokens, temperature=chat_args.temperature,
-                              top_p=chat_args.top_p)
+                              top_p=chat_args.top_p, conversation_template=chat_args.conversation_template)
     interactive = stdin.isatty()
     if interactive:
         print(f"Chatting with {model_args.model_name_or_path}. /reset starts over, /exit or Ctrl-D ends.", file=stdout)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .data import encode_text
 from .evaluation import sample_responses
 from .evaluation_metrics import distinct_n, eos_fraction, mean_std
 from .models import score_responses
@@ -83,7 +84,7 @@ def best_of_n(policy: PreTrainedModel, reward_model: PreTrainedModel, tokenizer:
                                     temperature=temperature, seed=seed, batch_size=batch_size)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     response_ids = [[t for t in row.tolist() if t != pad] for row in responses]
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in repeated]
+    prompt_ids = [encode_text(tokenizer, p) for p in repeated]
     scores = score_responses(reward_model, prompt_ids, response_ids, pad_token_id=pad, eos_token_id=eos,
                              missing_eos_penalty=missing_eos_penalty, batch_size=batch_size).view(len(prompts), n)
     best = scores.argmax(-1)

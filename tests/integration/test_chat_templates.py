@@ -84,3 +84,26 @@ def test_evaluation_samples_from_the_rendered_prompt_and_stops_at_the_end_of_tur
     # eos_fraction counts responses that ended with the end-of-turn token; SFT taught the policy to end its turns.
     assert any(row["eos_fraction"] > 0 for row in rows)
     assert all(math.isfinite(row["rm_score_mean"]) for row in rows)
+
+
+def test_chat_and_sampling_tools_render_with_the_template_and_stop_at_the_end_of_turn(pipeline):
+    from rlhf_recipes.config import ScriptArguments
+    from rlhf_recipes.feedback.chat import load_chat_policy
+    from rlhf_recipes.feedback.sampling import SampleArguments, load_prompts, sample_distinct
+
+    tokenizer = pipeline["tokenizer"]
+    template, eos = resolve_template(tokenizer), tokenizer.eos_token_id
+    policy = load_chat_policy(str(pipeline["root"] / "sft"), max_new_tokens=24, temperature=1.0, top_p=1.0)
+    messages = [{"role": "user", "content": "Continue the review: The new drama by Mary Ward was"}]
+    assert policy.tokenizer.eos_token == template.end_of_turn
+    assert policy.render(messages) == template.render_prompt(messages)
+    answers = sample_distinct(policy.model, policy.tokenizer, [policy.render(messages)] * 4, k=2, max_new_tokens=24,
+                              temperature=1.0, top_p=1.0, max_attempts=1)
+    stopped = [a for row in answers for a in row if eos in a]
+    assert stopped and all(a[-1] == eos and a.count(eos) == 1 for a in stopped)
+    assert all(template.end_of_turn not in reply for reply in policy.replies(messages, k=2))
+
+    prompts, _ = load_prompts(ScriptArguments(dataset_name=str(pipeline["data"] / "prompts"),
+                                              dataset_format="messages"), SampleArguments(), tokenizer, None)
+    rows = read_jsonl(pipeline["data"] / "prompts/train.jsonl")
+    assert set(prompts) <= {template.render_prompt(row["messages"]) for row in rows}

@@ -5,22 +5,28 @@ Used by `recipes/chat.py` (terminal) and the labeling app's Chat tab (K candidat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ..data import HUMAN, render_prompt
+from ..data import HUMAN, ConversationTemplate, encode_text, resolve_template
 
 
 @dataclass
 class ChatPolicy:
-    """A causal LM and its tokenizer (pad token set, left padding) that answers conversations."""
+    """A causal LM and its tokenizer (pad token set, left padding) that answers conversations, rendered by `template`
+    (default: the tokenizer's chat template when it has one, HH text otherwise; see `data.resolve_template`)."""
 
     model: torch.nn.Module
     tokenizer: object
     max_new_tokens: int = 64
     temperature: float = 0.7
     top_p: float = 0.9
+    template: ConversationTemplate | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.template is None:
+            self.template = resolve_template(self.tokenizer)
 
     @property
     def context(self) -> int:
@@ -33,8 +39,8 @@ class ChatPolicy:
         budget = self.context - self.max_new_tokens
         turns = list(messages)
         while True:
-            prompt = render_prompt(turns)
-            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            prompt = self.template.render_prompt(turns)
+            ids = encode_text(self.tokenizer, prompt)
             if len(ids) <= budget:
                 return prompt
             if len(turns) > 1:
@@ -64,16 +70,16 @@ def clean_reply(text: str) -> str:
 
 
 def load_chat_policy(model_name_or_path: str, *, revision: str = "main", dtype: str | None = None,
-                     trust_remote_code: bool = False, **generation) -> ChatPolicy:
+                     trust_remote_code: bool = False, conversation_template: str = "auto", **generation) -> ChatPolicy:
     """Load any policy checkpoint (folder, adapter folder or Hub id) through the project's loaders."""
     from trl import ModelConfig
 
     from ..models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_name_or_path, revision=revision, trust_remote_code=trust_remote_code,
-                               padding_side="left")
+                               padding_side="left", conversation_template=conversation_template)
     model_args = ModelConfig(model_name_or_path=model_name_or_path, model_revision=revision, dtype=dtype)
     model = load_model(model_args, tokenizer, trust_remote_code=trust_remote_code, apply_lora=False).eval()
     if torch.cuda.is_available():
         model = model.to("cuda")
-    return ChatPolicy(model, tokenizer, **generation)
+    return ChatPolicy(model, tokenizer, template=resolve_template(tokenizer, conversation_template), **generation)

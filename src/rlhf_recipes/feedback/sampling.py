@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..data import encode_text
 from .jsonl import AppendLog
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def dedupe_common_prefix(prompts: list[str], min_chars: int) -> tuple[list[int],
 def load_prompts(script_args, args: SampleArguments, tokenizer, max_prompt_tokens: int | None
                  ) -> tuple[list[str], dict[str, Any]]:
     """Prompts of `dataset_name` through the project's loader and renderer, with InstructGPT's hygiene."""
-    from ..data import DataError, detect_format, format_split, load_raw_dataset
+    from ..data import DataError, detect_format, format_split, load_raw_dataset, resolve_template
 
     name = script_args.dataset_name
     raw = load_raw_dataset(name, getattr(script_args, "dataset_config", None))
@@ -130,7 +131,8 @@ def load_prompts(script_args, args: SampleArguments, tokenizer, max_prompt_token
     formatted, data_report = format_split(dataset, stage="prompts", fmt=fmt, source=name, split=split,
                                           invalid_rows=script_args.invalid_rows, tokenizer=tokenizer,
                                           max_prompt_tokens=max_prompt_tokens,
-                                          prompt_overflow=script_args.prompt_overflow)
+                                          prompt_overflow=script_args.prompt_overflow,
+                                          template=resolve_template(tokenizer, script_args.conversation_template))
     report["data"] = data_report.to_dict()
     prompts = list(formatted["prompt"])
     kept, duplicates = dedupe_common_prefix(prompts, args.dedupe_prefix_chars)
@@ -177,7 +179,7 @@ def sample_distinct(model, tokenizer, prompts: list[str], *, k: int, max_new_tok
                               top_k=0, eos_token_id=eos, pad_token_id=pad, num_return_sequences=k)
     answers: list[list[list[int]]] = [[] for _ in prompts]
     texts: list[set[str]] = [set() for _ in prompts]
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    ids = [encode_text(tokenizer, p) for p in prompts]
     todo = list(range(len(prompts)))
     for _ in range(max_attempts):
         if not todo:
@@ -203,7 +205,7 @@ def score_answers(reward_model, tokenizer, prompt: str, answers: list[list[int]]
     from ..models import reward_scores
 
     pad = tokenizer.pad_token_id
-    query = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    query = encode_text(tokenizer, prompt)
     width = max(len(a) for a in answers)
     responses = torch.tensor([a + [pad] * (width - len(a)) for a in answers], dtype=torch.long)
     queries = _left_pad([query] * len(answers), pad)
@@ -228,7 +230,8 @@ def run_sampling(script_args, args: SampleArguments, model_args) -> dict[str, An
     state = PartialState()
     remote = args.trust_remote_code
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
-                               trust_remote_code=remote, padding_side="left")
+                               trust_remote_code=remote, padding_side="left",
+                               conversation_template=script_args.conversation_template)
     model = load_model(model_args, tokenizer, model_name_or_path=model_args.model_name_or_path,
                        trust_remote_code=remote, apply_lora=False).to(state.device).eval()
     reward_model = None

@@ -17,7 +17,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig
 
-from ..data import load_stage_dataset
+from ..data import encode_text, load_stage_dataset
 from ..host_memory import keep_freed_memory
 from ..models import check_same_tokenizer, load_model, load_tokenizer, lora_config, score_responses
 from ..outputs import check_hub_token, resolve_resume_checkpoint, save_stage
@@ -49,7 +49,7 @@ class RewardModelReward:
 
     def __call__(self, prompts: list[str], completions: list[str], completion_ids: list[list[int]],
                  **kwargs: Any) -> list[float]:
-        prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        prompt_ids = [encode_text(self.tokenizer, p) for p in prompts]
         scores = score_responses(self.model, prompt_ids, completion_ids, pad_token_id=self.tokenizer.pad_token_id,
                                  eos_token_id=self.tokenizer.eos_token_id,
                                  missing_eos_penalty=self.missing_eos_penalty, batch_size=self.batch_size)
@@ -66,7 +66,7 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
     model_args.model_name_or_path = sft_path
     remote = training_args.trust_remote_code
     tokenizer = load_tokenizer(sft_path, revision=model_args.model_revision, trust_remote_code=remote,
-                               padding_side="left")
+                               padding_side="left", conversation_template=script_args.conversation_template)
     check_same_tokenizer(tokenizer, training_args.reward_model_path, trust_remote_code=remote)
     context = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 1024
     if training_args.max_completion_length >= context:
