@@ -107,8 +107,8 @@ def stage_args(stage: str, family_root: Path, data: Path) -> list[str]:
               "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(family_root / stage)]
     if stage == "sft":
         return ["--config", str(REPO / "recipes/demo/sft.yaml"), "--model_name_or_path", str(family_root / "base"),
-                "--dataset_name", str(data / "sft"), "--dataset_format", "messages", "--max_steps", "40",
-                "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--warmup_steps", "0", *common]
+                "--dataset_name", str(data / "sft"), "--dataset_format", "messages", "--max_steps", "20",
+                "--per_device_train_batch_size", "16", "--learning_rate", "5e-3", "--warmup_steps", "0", *common]
     if stage == "reward":
         return ["--config", str(REPO / "recipes/demo/reward.yaml"), "--model_name_or_path", str(family_root / "sft"),
                 "--dataset_name", str(data / "reward"), "--dataset_format", "preference",
