@@ -245,15 +245,21 @@ def summary_lines(points: list[dict[str, Any]], thresholds: Sequence[float] = (0
         if first is not None:
             lines.append(f"- best-of-n first reaches labeler score {threshold:g} at n = {first['n']} (KL "
                          f"{first['kl']:.2f}, win rate {first['gold_win_rate']:.3f}, {first['wall_s']:.0f} s)")
-    ppo = [p for p in points if p["method"] == "ppo" and p["episodes"] > 0]
-    if ppo:
-        final = max(ppo, key=lambda p: p["episodes"])
+    for run in sorted({p["run"] for p in points if p["method"] == "ppo"}):
+        final = max((p for p in points if p["run"] == run), key=lambda p: p["episodes"])
         others = [p for p in points if p["method"] in ("grpo", "rloo") and p["kl"] >= final["kl"]]
         best = max(others, key=lambda p: p["gold_win_rate"], default=None)
         if best is not None:
-            lines.append(f"- PPO at its final KL {final['kl']:.2f}: win rate {final['gold_win_rate']:.3f}; the best "
+            lines.append(f"- {run} at its final KL {final['kl']:.2f}: win rate {final['gold_win_rate']:.3f}; the best "
                          f"GRPO/RLOO point at equal or higher KL: {best['run']} at {best['episodes']} episodes, KL "
                          f"{best['kl']:.2f}, win rate {best['gold_win_rate']:.3f}")
+    if len({p.get("seed") for p in points if p["method"] != "best_of_n"}) > 1:
+        for run in sorted({p["run"].rsplit(" seed=", 1)[0] for p in points if p["method"] != "best_of_n"}):
+            finals = [max((p for p in points if p["run"] == r), key=lambda p: p["episodes"])
+                      for r in {p["run"] for p in points if p["run"].rsplit(" seed=", 1)[0] == run}]
+            means = {k: mean_std([p[k] for p in finals])[0] for k in ("kl", "gold_score", "gold_win_rate")}
+            lines.append(f"- {run}, mean of {len(finals)} seeds at the end: KL {means['kl']:.2f}, labeler score "
+                         f"{means['gold_score']:.3f}, win rate {means['gold_win_rate']:.3f}")
     return lines
 
 

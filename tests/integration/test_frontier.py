@@ -65,4 +65,10 @@ def test_time_to_threshold_and_summary_compare_ppo_with_grpo_at_equal_kl():
     assert "- best-of-n first reaches labeler score 0.85 at n = 2 (KL 0.19, win rate 0.500, 2 s)" in lines
     assert any(line.startswith("- grpo b:") and "to labeler score 0.85: never" in line for line in lines)
     # Only GRPO/RLOO points at KL >= PPO's final 3.0 compete: "grpo c" (KL 2.9) does not.
-    assert lines[-1].endswith("grpo b at 2048 episodes, KL 5.00, win rate 0.850")
+    assert lines[-1] == ("- ppo at its final KL 3.00: win rate 0.900; the best GRPO/RLOO point at equal or higher KL: "
+                         "grpo b at 2048 episodes, KL 5.00, win rate 0.850")
+    # Several seeds: each run's final points are averaged over its seeds.
+    seeded = [{**p, "run": p["run"] + f" seed={seed}", "seed": seed} for seed in (1, 2) for p in points
+              if p["method"] == "ppo"]
+    seeded[-1] = {**seeded[-1], "kl": 5.0, "gold_score": 0.5, "gold_win_rate": 0.6}
+    assert "- ppo, mean of 2 seeds at the end: KL 4.00, labeler score 0.680, win rate 0.750" in summary_lines(seeded)
