@@ -32,6 +32,8 @@ def resolve_resume_checkpoint(training_args) -> str | None:
         if last is None:
             logger.warning("No usable checkpoint in %s to resume from: starting fresh.", training_args.output_dir)
         return last
+    if not os.path.isdir(value) and os.path.isdir(os.path.join(training_args.output_dir, value)):
+        value = os.path.join(training_args.output_dir, value)  # `checkpoint-300` means the one of this run
     if not os.path.isdir(value):
         raise CheckpointError(f"resume_from_checkpoint={value} is not a folder. Use a checkpoint-N path or 'latest'.")
     return verify_checkpoint(value)
