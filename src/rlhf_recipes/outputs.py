@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import CheckpointError, latest_checkpoint, verify_checkpoint
+from .config import ConfigError
 from .data import DataReport, save_reports
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def check_hub_token(training_args) -> None:
     """Refuse a token given as an argument; with `push_to_hub`, fail before training when no token is available."""
     if getattr(training_args, "hub_token", None) is not None:
         # The training arguments are pickled into training_args.bin, which the Trainer uploads with the model.
-        raise ValueError("Do not pass the Hub token as `hub_token`/`--hub_token`: the training arguments are saved "
+        raise ConfigError("Do not pass the Hub token as `hub_token`/`--hub_token`: the training arguments are saved "
                          "(training_args.bin) and uploaded with the model. Export HF_TOKEN or run `hf auth login`.")
     if not getattr(training_args, "push_to_hub", False):
         return
@@ -52,7 +53,7 @@ def check_hub_token(training_args) -> None:
     try:
         require_token()
     except ValueError as err:
-        raise ValueError(f"push_to_hub is set, but: {err} Do it before launching, so the run can publish.") from err
+        raise ConfigError(f"push_to_hub is set, but: {err} Do it before launching, so the run can publish.") from err
 
 
 def write_stage_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
