@@ -297,7 +297,24 @@ def load_raw_dataset(name_or_path: str, config: str | None = None) -> DatasetDic
         return DatasetDict(splits)
     if path.suffix in LOCAL_EXTENSIONS or name_or_path.startswith((".", "/")):
         raise DataError(f"Dataset file {name_or_path} does not exist. Check `dataset_name` in your recipe.")
-    loaded = load_dataset(name_or_path, name=config)
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise DataError(
+            f"Dataset {name_or_path!r} is no such local file or folder, and not a valid Hub id either (Hub ids look "
+            f"like 'name' or 'owner/name'). Check `dataset_name` (relative paths start from {os.getcwd()})."
+        ) from None
+    try:
+        loaded = load_dataset(name_or_path, name=config)
+    except (FileNotFoundError, ConnectionError) as err:
+        offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "") in ("1", "true")]
+        why = (f" With {' and '.join(offline)} set, only datasets already in the local cache can be read."
+               if offline else "")
+        raise DataError(f"Dataset {name_or_path!r} is not a local file or folder, and could not be loaded as a Hub "
+                        f"dataset: {err}.{why} Check `dataset_name`.") from err
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
 
 

@@ -404,3 +404,12 @@ def test_report_goes_to_the_console_as_a_warning_with_counts_rows_and_file(tmp_p
     with caplog.at_level("INFO", logger="rlhf_recipes.data"):
         load_stage_dataset(args(clean), "sft")
     assert [r.levelname for r in caplog.records] == ["INFO"]
+
+
+def test_a_missing_dataset_path_is_not_mistaken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="'runs/demo/data/sft' is no such local file or folder, and not a valid Hub"):
+        load_raw_dataset("runs/demo/data/sft")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="HF_DATASETS_OFFLINE.*set, only datasets already in the local cache"):
+        load_raw_dataset("someone/dataset-not-cached")
