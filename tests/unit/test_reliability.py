@@ -277,6 +277,15 @@ def test_every_trainer_checkpoints_atomically_and_stops_on_signals():
     assert "PreemptionCallback" in AtomicCheckpointMixin.__init__.__code__.co_names
 
 
+def test_write_errors_are_recognised_whatever_their_type_and_bugs_are_not():
+    from rlhf_recipes.checkpoints import _storage_error
+
+    assert _storage_error(OSError(28, "No space left on device"))
+    assert _storage_error(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"))
+    assert _storage_error(Exception("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not _storage_error(KeyError("optimizer")) and not _storage_error(RuntimeError("shape mismatch"))
+
+
 def test_a_checkpoint_without_manifest_is_used_when_its_files_open(tmp_path, caplog):
     legacy = fake_checkpoint(tmp_path, 2, manifest=False)
     with caplog.at_level("WARNING", logger="rlhf_recipes.checkpoints"):
