@@ -102,7 +102,7 @@ class DataReport:
     def summary(self) -> str:
         lines = [f"{self.source} [{self.split}] for {self.stage}: read {self.rows_read}, kept {self.kept}, "
                  f"dropped {self.num_dropped}, prompts truncated {self.truncated_prompts}, "
-                 f"responses truncated {self.truncated_responses}"]
+                 f"{'texts' if self.stage == 'ptx' else 'responses'} truncated {self.truncated_responses}"]
         for title, table in (("dropped", self.dropped), ("kept, noted", self.noted)):
             for reason, rows in table.items():
                 shown = ", ".join(map(str, rows[:SHOWN_ROWS])) + (" ..." if len(rows) > SHOWN_ROWS else "")
@@ -670,19 +670,40 @@ def tokenize_prompts(dataset: Dataset, tokenizer) -> Dataset:
 
 
 def tokenize_texts(name_or_path: str, tokenizer, max_length: int) -> Dataset:
-    """Pretraining-style text for PPO-ptx: a `text` column, or prompt + completion, cut to `max_length` tokens."""
+    """Pretraining-style text for PPO-ptx: a `text` column, or prompt + completion, cut to `max_length` tokens.
+
+    Rows without text are dropped and texts longer than `max_length` cut; both are reported (WARNING level).
+    """
     raw = load_raw_dataset(name_or_path)["train"]
     columns = set(raw.column_names)
     if "text" in columns:
-        texts = [t for t in raw["text"] if isinstance(t, str) and t.strip()]
+        def text_of(row):
+            return row["text"]
     elif {"prompt", "completion"} <= columns:
-        texts = [p + c for p, c in zip(raw["prompt"], raw["completion"])]
+        def text_of(row):
+            prompt, completion = row["prompt"], row["completion"]
+            return prompt + completion if isinstance(prompt, str) and isinstance(completion, str) else None
     elif "chosen" in columns:  # HH-style preference data: the preferred conversations are demonstrations
-        texts = [c for c in raw["chosen"] if isinstance(c, str) and c.strip()]
+        def text_of(row):
+            return row["chosen"]
     else:
         raise DataError(f"{name_or_path}: the ptx dataset needs a `text` column (or `prompt` and `completion`, or "
                         "HH `chosen`); "
                         f"found {sorted(columns)}.")
+    report = DataReport(source=name_or_path, split="train", stage="ptx", rows_read=len(raw))
     eos = tokenizer.eos_token
-    ids = [tokenizer(t + eos, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+    ids = []
+    for row_number, row in enumerate(raw, start=1):
+        text = text_of(row)
+        if not isinstance(text, str) or not text.strip():
+            report.drop("no text", row_number)
+            continue
+        tokens = tokenizer(text + eos, add_special_tokens=False)["input_ids"]
+        if len(tokens) > max_length:
+            report.truncated_responses += 1
+        ids.append(tokens[:max_length])
+    report.kept = len(ids)
+    if not ids:
+        raise DataError(f"{name_or_path}: no usable ptx text.\n{report.summary()}")
+    log_report(report)
     return Dataset.from_dict({"input_ids": ids})

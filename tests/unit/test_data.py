@@ -413,3 +413,14 @@ def test_a_missing_dataset_path_is_not_mistaken_for_a_hub_id(tmp_path, monkeypat
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="HF_DATASETS_OFFLINE.*set, only datasets already in the local cache"):
         load_raw_dataset("someone/dataset-not-cached")
+
+
+def test_ptx_text_without_text_is_dropped_and_long_text_cut_with_a_warning(tmp_path, tokenizer, caplog):
+    from rlhf_recipes.data import tokenize_texts
+
+    path = write_jsonl(tmp_path / "ptx.jsonl", [{"text": "A short review."}, {"text": ""}, {"text": None},
+                                                {"text": "A long review that goes on and on. " * 10}])
+    with caplog.at_level("WARNING", logger="rlhf_recipes.data"):
+        ids = tokenize_texts(str(path), tokenizer, 16)["input_ids"]
+    assert len(ids) == 2 and len(ids[1]) == 16 and ids[0][-1] == tokenizer.eos_token_id
+    assert "dropped 2" in caplog.text and "texts truncated 1" in caplog.text and "(rows 2, 3)" in caplog.text

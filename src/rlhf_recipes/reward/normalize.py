@@ -23,7 +23,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from ..data import DataReport, detect_format, format_split, load_raw_dataset
+from ..data import DataReport, detect_format, format_split, load_raw_dataset, log_report
 from .trainer import RewardDataCollator, encode_response, sequence_rewards
 
 logger = logging.getLogger(__name__)
@@ -40,8 +40,10 @@ def load_reference_set(
     dataset = raw[split]
     dataset = dataset.select(range(min(samples, len(dataset))))
     fmt = detect_format(dataset.column_names, name, "sft")
-    return format_split(dataset, stage="sft", fmt=fmt, source=name, split=f"{split} (normalisation)",
-                        tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens)
+    reference, report = format_split(dataset, stage="sft", fmt=fmt, source=name, split=f"{split} (normalisation)",
+                                      tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens)
+    log_report(report)
+    return reference, report
 
 
 def reference_from_comparisons(dataset: Dataset, samples: int) -> Dataset:
