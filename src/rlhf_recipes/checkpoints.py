@@ -179,7 +179,20 @@ class AtomicCheckpointMixin:
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.add_callback(PreemptionCallback())
+        preemption = PreemptionCallback()
+        self.add_callback(preemption)
+        # train() can also leave by an exception (a non-finite loss, a failed save), which skips on_train_end: the
+        # signal handlers must not outlive it (in a notebook or a test, Ctrl-C would only set a flag). Wrapped on
+        # the instance, so that trainers with a train() of their own (PPO) get it too.
+        train = self.train
+
+        def train_then_restore_signals(*train_args, **train_kwargs):
+            try:
+                return train(*train_args, **train_kwargs)
+            finally:
+                preemption.restore_signals()
+
+        self.train = train_then_restore_signals
 
     def _get_output_dir(self, trial) -> str:
         if self._staging_root is not None:

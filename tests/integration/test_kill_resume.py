@@ -165,3 +165,6 @@ def test_a_save_that_fails_keeps_the_previous_checkpoint_and_says_why(error, wor
     assert f"The previous checkpoint {out / 'checkpoint-2'} is intact" in message
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]  # no staging left
     assert checkpoint_problems(out / "checkpoint-2") == []
+    # train() ended by an exception, without on_train_end: the signal handlers are the previous ones again.
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
