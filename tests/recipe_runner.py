@@ -26,7 +26,7 @@ def signal_during_step(spec: str) -> None:
     original = CallbackHandler.on_step_begin
 
     def on_step_begin(self, args, state, control):
-        if state.global_step + 1 == int(step) and rank in (None, os.environ.get("RANK", "0")):
+        if state.global_step + 1 == int(step) and rank in (None, "", os.environ.get("RANK", "0")):
             os.kill(os.getpid(), signum)
         return original(self, args, state, control)
 

@@ -179,7 +179,20 @@ class AtomicCheckpointMixin:
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.add_callback(PreemptionCallback())
+        preemption = PreemptionCallback()
+        self.add_callback(preemption)
+        # train() can also leave by an exception (a non-finite loss, a failed save), which skips on_train_end: the
+        # signal handlers must not outlive it (in a notebook or a test, Ctrl-C would only set a flag). Wrapped on
+        # the instance, so that trainers with a train() of their own (PPO) get it too.
+        train = self.train
+
+        def train_then_restore_signals(*train_args, **train_kwargs):
+            try:
+                return train(*train_args, **train_kwargs)
+            finally:
+                preemption.restore_signals()
+
+        self.train = train_then_restore_signals
 
     def _get_output_dir(self, trial) -> str:
         if self._staging_root is not None:
@@ -204,10 +217,10 @@ class AtomicCheckpointMixin:
         self.accelerator.wait_for_everyone()
         limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate after the rename instead
         self._staging_root = staging_root
-        error: OSError | None = None
+        error: Exception | None = None
         try:
             super()._save_checkpoint(model, trial)
-        except OSError as err:  # disk full, no permission, quota: caught on the rank it happened on
+        except Exception as err:  # noqa: BLE001 - disk full, permissions, quota: caught on the rank it happened on
             error = err
         finally:
             self._staging_root = None
@@ -223,9 +236,12 @@ class AtomicCheckpointMixin:
         if _any_rank(error is not None, self.args.device):
             if self.args.should_save:
                 shutil.rmtree(staging_root, ignore_errors=True)  # give the space back; the older ones stay
+            if error is not None and not _storage_error(error):
+                raise error  # a bug, not the disk: keep its traceback
             previous = [str(p) for p in sorted_checkpoints(run_dir)]
             kept = f"The previous checkpoint {previous[-1]} is intact" if previous else "No earlier checkpoint exists"
             why = f"{error}" if error is not None else "another process failed to write its part"
+            why += _free_space(run_dir)
             raise CheckpointError(
                 f"Could not save {name} in {run_dir}: {why}. {kept}. Free disk space or fix the folder's "
                 "permissions, then run the same command with --resume_from_checkpoint latest."
@@ -237,6 +253,23 @@ class AtomicCheckpointMixin:
                 self._push_after_rename = False
                 self._push_from_checkpoint(str(final))
         self.accelerator.wait_for_everyone()
+
+
+# How writing errors look when they do not arrive as OSError: torch.save's zip writer raises a RuntimeError
+# ("[enforce fail at inline_container.cc] ... unexpected pos"), safetensors a SafetensorError ("os error 28").
+_STORAGE_HINTS = ("No space left", "os error", "Errno", "inline_container", "file write failed", "Permission denied",
+                  "Disk quota", "Read-only file system", "I/O error")
+
+
+def _storage_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) or any(hint in str(error) for hint in _STORAGE_HINTS)
+
+
+def _free_space(folder: str) -> str:
+    try:
+        return f" ({shutil.disk_usage(folder).free / 2**20:.0f} MiB free on that disk)"
+    except OSError:
+        return ""
 
 
 def _replace_folder(source: Path, target: Path) -> None:

@@ -173,7 +173,7 @@ def run_main(main: Callable[..., Any], dataclass_types: tuple[type, ...], args: 
         if debug:
             raise
         message = " ".join(str(err).split())  # one paragraph, whatever line breaks the message had
-        rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         print(f"{rank}error: {message}\n(exit code {USER_ERROR_EXIT_CODE}; add --debug or set {DEBUG_ENV}=1 for the "
               "traceback)", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT_CODE)

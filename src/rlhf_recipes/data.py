@@ -108,7 +108,7 @@ class DataReport:
     def summary(self) -> str:
         lines = [f"{self.source} [{self.split}] for {self.stage}: read {self.rows_read}, kept {self.kept}, "
                  f"dropped {self.num_dropped}, prompts truncated {self.truncated_prompts}, "
-                 f"responses truncated {self.truncated_responses}"]
+                 f"{'texts' if self.stage == 'ptx' else 'responses'} truncated {self.truncated_responses}"]
         for title, table in (("dropped", self.dropped), ("kept, noted", self.noted)):
             for reason, rows in table.items():
                 shown = ", ".join(map(str, rows[:SHOWN_ROWS])) + (" ..." if len(rows) > SHOWN_ROWS else "")
@@ -309,7 +309,24 @@ def load_raw_dataset(name_or_path: str, config: str | None = None) -> DatasetDic
         return DatasetDict(splits)
     if path.suffix in LOCAL_EXTENSIONS or name_or_path.startswith((".", "/")):
         raise DataError(f"Dataset file {name_or_path} does not exist. Check `dataset_name` in your recipe.")
-    loaded = load_dataset(name_or_path, name=config)
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise DataError(
+            f"Dataset {name_or_path!r} is no such local file or folder, and not a valid Hub id either (Hub ids look "
+            f"like 'name' or 'owner/name'). Check `dataset_name` (relative paths start from {os.getcwd()})."
+        ) from None
+    try:
+        loaded = load_dataset(name_or_path, name=config)
+    except (FileNotFoundError, ConnectionError) as err:
+        offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "") in ("1", "true")]
+        why = (f" With {' and '.join(offline)} set, only datasets already in the local cache can be read."
+               if offline else "")
+        raise DataError(f"Dataset {name_or_path!r} is not a local file or folder, and could not be loaded as a Hub "
+                        f"dataset: {err}.{why} Check `dataset_name`.") from err
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
 
 
@@ -801,23 +818,48 @@ def tokenize_prompts(dataset: Dataset, tokenizer) -> Dataset:
 def tokenize_texts(name_or_path: str, tokenizer, max_length: int, template: ConversationTemplate | None = None
                    ) -> Dataset:
     """Pretraining-style text for PPO-ptx, cut to `max_length` tokens and ended with EOS: a `text` column, or
-    prompt + completion, or the conversations of `messages` or HH `chosen` rendered with `template` (HH when None)."""
+    prompt + completion, or the conversations of `messages` or HH `chosen` rendered with `template` (HH when None).
+
+    Rows without text are dropped and texts longer than `max_length` cut; both are reported (WARNING level).
+    """
     template = template or ConversationTemplate()
     raw = load_raw_dataset(name_or_path)["train"]
     columns = set(raw.column_names)
     if "text" in columns:
-        texts = [t for t in raw["text"] if isinstance(t, str) and t.strip()]
+        def text_of(row):
+            return row["text"]
     elif {"prompt", "completion"} <= columns:
-        texts = [p + c for p, c in zip(raw["prompt"], raw["completion"])]
+        def text_of(row):
+            prompt, completion = row["prompt"], row["completion"]
+            return prompt + completion if isinstance(prompt, str) and isinstance(completion, str) else None
     elif "messages" in columns:
-        texts = ["".join(template.render_conversation(m)) for m in raw["messages"]]
+        def text_of(row):
+            messages = row["messages"]
+            return "".join(template.render_conversation(messages)) if isinstance(messages, list) and messages \
+                else None
     elif "chosen" in columns:  # HH-style preference data: the preferred conversations are demonstrations
-        texts = [c for c in raw["chosen"] if isinstance(c, str) and c.strip()]
-        if template.name == "chat_template":
-            texts = ["".join(template.split_hh(c)) for c in texts if ASSISTANT in c]
+        def text_of(row):
+            chosen = row["chosen"]
+            if template.name == "chat_template" and isinstance(chosen, str):
+                return "".join(template.split_hh(chosen)) if ASSISTANT in chosen else None
+            return chosen
     else:
         raise DataError(f"{name_or_path}: the ptx dataset needs a `text` column (or `prompt` and `completion`, "
                         f"`messages`, or HH `chosen`); found {sorted(columns)}.")
+    report = DataReport(source=name_or_path, split="train", stage="ptx", rows_read=len(raw))
     eos = tokenizer.eos_token
-    ids = [encode_text(tokenizer, t if t.endswith(eos) else t + eos)[:max_length] for t in texts]
+    ids = []
+    for row_number, row in enumerate(raw, start=1):
+        text = text_of(row)
+        if not isinstance(text, str) or not text.strip():
+            report.drop("no text", row_number)
+            continue
+        tokens = encode_text(tokenizer, text if text.endswith(eos) else text + eos)
+        if len(tokens) > max_length:
+            report.truncated_responses += 1
+        ids.append(tokens[:max_length])
+    report.kept = len(ids)
+    if not ids:
+        raise DataError(f"{name_or_path}: no usable ptx text.\n{report.summary()}")
+    log_report(report)
     return Dataset.from_dict({"input_ids": ids})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import CheckpointError, latest_checkpoint, verify_checkpoint
+from .config import ConfigError
 from .data import DataReport, save_reports
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ def resolve_resume_checkpoint(training_args) -> str | None:
         if last is None:
             logger.warning("No usable checkpoint in %s to resume from: starting fresh.", training_args.output_dir)
         return last
+    if not os.path.isdir(value) and os.path.isdir(os.path.join(training_args.output_dir, value)):
+        value = os.path.join(training_args.output_dir, value)  # `checkpoint-300` means the one of this run
     if not os.path.isdir(value):
         raise CheckpointError(f"resume_from_checkpoint={value} is not a folder. Use a checkpoint-N path or 'latest'.")
     return verify_checkpoint(value)
@@ -41,7 +44,7 @@ def check_hub_token(training_args) -> None:
     """Refuse a token given as an argument; with `push_to_hub`, fail before training when no token is available."""
     if getattr(training_args, "hub_token", None) is not None:
         # The training arguments are pickled into training_args.bin, which the Trainer uploads with the model.
-        raise ValueError("Do not pass the Hub token as `hub_token`/`--hub_token`: the training arguments are saved "
+        raise ConfigError("Do not pass the Hub token as `hub_token`/`--hub_token`: the training arguments are saved "
                          "(training_args.bin) and uploaded with the model. Export HF_TOKEN or run `hf auth login`.")
     if not getattr(training_args, "push_to_hub", False):
         return
@@ -50,7 +53,7 @@ def check_hub_token(training_args) -> None:
     try:
         require_token()
     except ValueError as err:
-        raise ValueError(f"push_to_hub is set, but: {err} Do it before launching, so the run can publish.") from err
+        raise ConfigError(f"push_to_hub is set, but: {err} Do it before launching, so the run can publish.") from err
 
 
 def write_stage_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:

@@ -181,10 +181,14 @@ class PreemptionCallback(TrainerCallback):
             self.stopped_at = state.global_step
         return control
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def restore_signals(self) -> None:
+        """Put the previous SIGTERM/SIGINT handlers back (idempotent)."""
         if self._signals is not None:
             self._signals.close()
             self._signals = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.restore_signals()
         if self.stopped_at is None:
             return
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{self.stopped_at}")

@@ -405,3 +405,23 @@ def test_report_goes_to_the_console_as_a_warning_with_counts_rows_and_file(tmp_p
     with caplog.at_level("INFO", logger="rlhf_recipes.data"):
         load_stage_dataset(args(clean), "sft")
     assert caplog.records and {r.levelname for r in caplog.records} == {"INFO"}
+
+
+def test_a_missing_dataset_path_is_not_mistaken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="'runs/demo/data/sft' is no such local file or folder, and not a valid Hub"):
+        load_raw_dataset("runs/demo/data/sft")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="HF_DATASETS_OFFLINE.*set, only datasets already in the local cache"):
+        load_raw_dataset("someone/dataset-not-cached")
+
+
+def test_ptx_text_without_text_is_dropped_and_long_text_cut_with_a_warning(tmp_path, tokenizer, caplog):
+    from rlhf_recipes.data import tokenize_texts
+
+    path = write_jsonl(tmp_path / "ptx.jsonl", [{"text": "A short review."}, {"text": ""}, {"text": None},
+                                                {"text": "A long review that goes on and on. " * 10}])
+    with caplog.at_level("WARNING", logger="rlhf_recipes.data"):
+        ids = tokenize_texts(str(path), tokenizer, 16)["input_ids"]
+    assert len(ids) == 2 and len(ids[1]) == 16 and ids[0][-1] == tokenizer.eos_token_id
+    assert "dropped 2" in caplog.text and "texts truncated 1" in caplog.text and "(rows 2, 3)" in caplog.text

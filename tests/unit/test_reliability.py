@@ -247,6 +247,45 @@ def test_latest_skips_a_damaged_newest_checkpoint_and_an_explicit_path_to_it_is_
     assert f"newest good checkpoint there is {tmp_path / 'checkpoint-3'}" in str(err.value)
 
 
+def test_resume_argument_latest_name_path_and_missing(tmp_path):
+    from rlhf_recipes.outputs import resolve_resume_checkpoint
+
+    good = fake_checkpoint(tmp_path, 4)
+    flip_a_byte(fake_checkpoint(tmp_path, 8) / "model.safetensors")
+
+    def resolve(value):
+        return resolve_resume_checkpoint(SimpleNamespace(resume_from_checkpoint=value, output_dir=str(tmp_path)))
+
+    assert resolve("latest") == resolve("true") == str(good)
+    assert resolve("checkpoint-4") == str(good)  # a name inside output_dir
+    assert resolve(None) is None
+    with pytest.raises(CheckpointError, match="checkpoint-8: model.safetensors does not match its sha256"):
+        resolve("checkpoint-8")
+    with pytest.raises(CheckpointError, match="is not a folder"):
+        resolve(str(tmp_path / "checkpoint-99"))
+    assert resolve_resume_checkpoint(SimpleNamespace(resume_from_checkpoint="latest",
+                                                     output_dir=str(tmp_path / "new"))) is None  # fresh start
+
+
+def test_every_trainer_checkpoints_atomically_and_stops_on_signals():
+    from rlhf_recipes.checkpoints import AtomicCheckpointMixin
+    from rlhf_recipes.ppo import PPOTrainer
+    from rlhf_recipes.reward import RewardTrainer
+    from rlhf_recipes.sft import SFTTrainer
+
+    assert all(issubclass(cls, AtomicCheckpointMixin) for cls in (SFTTrainer, RewardTrainer, PPOTrainer))
+    assert "PreemptionCallback" in AtomicCheckpointMixin.__init__.__code__.co_names
+
+
+def test_write_errors_are_recognised_whatever_their_type_and_bugs_are_not():
+    from rlhf_recipes.checkpoints import _storage_error
+
+    assert _storage_error(OSError(28, "No space left on device"))
+    assert _storage_error(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"))
+    assert _storage_error(Exception("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not _storage_error(KeyError("optimizer")) and not _storage_error(RuntimeError("shape mismatch"))
+
+
 def test_a_checkpoint_without_manifest_is_used_when_its_files_open(tmp_path, caplog):
     legacy = fake_checkpoint(tmp_path, 2, manifest=False)
     with caplog.at_level("WARNING", logger="rlhf_recipes.checkpoints"):

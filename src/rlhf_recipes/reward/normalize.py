@@ -23,7 +23,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from ..data import DataReport, detect_format, format_split, load_raw_dataset, resolve_template
+from ..data import DataReport, detect_format, format_split, load_raw_dataset, log_report, resolve_template
 from .trainer import RewardDataCollator, encode_response, sequence_rewards
 
 logger = logging.getLogger(__name__)
@@ -42,9 +42,11 @@ def load_reference_set(
     dataset = raw[split]
     dataset = dataset.select(range(min(samples, len(dataset))))
     fmt = detect_format(dataset.column_names, name, "sft")
-    return format_split(dataset, stage="sft", fmt=fmt, source=name, split=f"{split} (normalisation)",
-                        tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
-                        template=resolve_template(tokenizer, conversation_template))
+    reference, report = format_split(dataset, stage="sft", fmt=fmt, source=name, split=f"{split} (normalisation)",
+                                      tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
+                                      template=resolve_template(tokenizer, conversation_template))
+    log_report(report)
+    return reference, report
 
 
 def reference_from_comparisons(dataset: Dataset, samples: int) -> Dataset:
