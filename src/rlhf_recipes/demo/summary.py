@@ -53,8 +53,16 @@ def environment() -> list[dict]:
         except metadata.PackageNotFoundError:
             pass
     rows += [{"item": "CPU", "value": f"{_cpu_model()}, {os.cpu_count()} logical cores"},
+             {"item": "torch CPU kernels", "value": _cpu_capability()},
              {"item": "OMP_NUM_THREADS", "value": os.environ.get("OMP_NUM_THREADS", "unset")}]
     return rows
+
+
+def _cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels run with (AVX512, AVX2, ...): sums come out differently."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def _cpu_model() -> str:
