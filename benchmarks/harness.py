@@ -82,13 +82,15 @@ class Case:
 
 
 def sweep_cases(cases: list[Case], sweeps: list[str]) -> list[Case]:
-    """`key=v1,v2,...` for each sweep: every case at each value of one key at a time (the rest from the profile)."""
+    """`key=v1,v2,...` for each sweep: every case at each value of one key at a time (the rest from the profile).
+    A key that is not a work size (batch, response_length, ...) is passed to the recipe as `--key value`."""
     out = []
     for sweep in sweeps:
         key, _, values = sweep.partition("=")
         if not values:
             raise ValueError(f"--sweep {sweep!r}: write key=v1,v2 (e.g. response_length=16,64).")
-        out += [replace(case, work=((key, int(v)),)) for v in values.split(",") for case in cases]
+        out += [replace(case, work=((key, int(v) if v.isdigit() else v),)) for v in values.split(",")
+                for case in cases]
     return out
 
 
@@ -176,6 +178,9 @@ def recipe_args(case: Case, paths: dict[str, str], output_dir: str, profile: str
                  "--response_length", str(work["response_length"]), "--num_ppo_epochs", str(work["epochs"]),
                  "--num_mini_batches", str(work["mini_batches"]), "--total_episodes", str(work["batch"] * work["steps"]),
                  "--ptx_coef", "0", "--logging_steps", "1"]
+        # a swept key that is not a work size is a PPOConfig field, e.g. generation_backend=static
+        args += [x for key, value in case.work if key not in PROFILES[profile][case.size][case.stage]
+                 for x in (f"--{key}", str(value))]
     else:
         args += ["--per_device_train_batch_size", str(local), "--max_steps", str(work["steps"]),
                  "--max_length", str(work["max_length"]),

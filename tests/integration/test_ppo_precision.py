@@ -4,6 +4,7 @@ a non-finite loss is skipped on the device by the fused AdamW (no host sync in t
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 
 import pytest
 import test_ppo_trainer as ppo_tests
@@ -120,3 +121,44 @@ def test_non_finite_loss_is_skipped_on_the_device_by_the_fused_optimizer(tok, pr
     _poison_loss(trainer)
     with pytest.raises(NonFiniteError, match=r"Non-finite loss at PPO update 1 "):
         trainer.optimise(exp, 0)
+
+
+def test_bf16_lora_rollout_casts_the_frozen_base_once_and_keeps_it_frozen(sft_dir, tok, prompts, tmp_path,
+                                                                          monkeypatch):
+    from trl import ModelConfig
+
+    from rlhf_recipes.models import load_model
+    from rlhf_recipes.ppo import trainer as trainer_module
+    from rlhf_recipes.ppo.trainer import cached_autocast_weights
+
+    model_args = ModelConfig(model_name_or_path=str(sft_dir), dtype="float32", use_peft=True, lora_r=4,
+                             lora_alpha=8, lora_target_modules=["c_attn"])
+    policy = load_model(model_args, tok)
+    frozen = {n for n, p in policy.named_parameters() if not p.requires_grad}
+    trainer = make_trainer(tok, prompts, tmp_path, policy=policy, ref=None, bf16=True, response_length=12,
+                           temperature=1.0, per_device_train_batch_size=8)
+    trainer._setup(1)
+    queries = trainer._prompt_batch(0)
+
+    def casts_in_one_rollout():
+        torch.manual_seed(0)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            responses, _ = trainer.generate_responses(queries)
+        return sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy"), responses
+
+    cached, responses = casts_in_one_rollout()
+    monkeypatch.setattr(trainer_module, "cached_autocast_weights", lambda module, enabled=True: nullcontext())
+    uncached, same = casts_in_one_rollout()
+    steps = int((responses != tok.pad_token_id).any(0).sum())
+    base_weights = sum(1 for n in frozen if n.endswith(".weight") and ".h." in n)  # the blocks' matmul weights
+    assert torch.equal(responses, same) and steps > 2
+    # without the cache every decode step casts every frozen matmul weight again
+    assert uncached - cached >= (steps - 1) * base_weights // 2, (uncached, cached, steps, base_weights)
+    # the base is still frozen afterwards, even when the block fails
+    assert {n for n, p in policy.named_parameters() if not p.requires_grad} == frozen
+    with pytest.raises(RuntimeError), cached_autocast_weights(policy):
+        raise RuntimeError
+    assert {n for n, p in policy.named_parameters() if not p.requires_grad} == frozen
+    exp = trainer.make_experience(trainer._prompt_batch(0))
+    mask = exp["mask"]
+    assert mask.any() and torch.equal(exp["logprobs"][mask], exp["ref_logprobs"][mask])  # B = 0: pi_RL = pi_SFT

@@ -233,3 +233,6 @@ def test_sweep_points_override_one_work_key_each():
     assert flags["--response_length"] == "64" and flags["--per_device_train_batch_size"] == "8"
     with pytest.raises(ValueError, match="key=v1,v2"):
         harness.sweep_cases([base], ["batch"])
+    backend = harness.sweep_cases([base], ["generation_backend=static"])[0]
+    flags = dict(zip(*[iter(harness.recipe_args(backend, {"policy": "P", "reward": "R", "data": "D"}, "O"))] * 2))
+    assert flags["--generation_backend"] == "static" and backend.name.endswith("@generation_backend=static")

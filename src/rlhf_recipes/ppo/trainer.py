@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -104,6 +105,24 @@ def compute_values(value_model: nn.Module, input_ids, attention_mask, position_i
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=False).last_hidden_state
     return model.score(hidden).squeeze(-1).float()
+
+
+@contextmanager
+def cached_autocast_weights(module: nn.Module, enabled: bool = True):
+    """Let autocast cast frozen fp32 weights once per region instead of at every call.
+
+    Autocast caches its bf16 copy of a weight only when the weight requires grad; a frozen one (a LoRA base) is cast
+    again in every forward, i.e. at every decode step of a rollout. Marking the frozen weights as requiring grad for
+    the duration (under no_grad, so no graph is built) makes one cast per weight per rollout.
+    """
+    frozen = [p for p in module.parameters() if enabled and not p.requires_grad and p.dtype == torch.float32]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -273,7 +292,8 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
         with unwrap_model_for_generation(self.model, self.accelerator,
                                          gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                                          gradient_checkpointing_kwargs=self.args.activation_checkpointing_kwargs
-                                         ) as unwrapped, self._autocast():
+                                         ) as unwrapped, self._autocast(), cached_autocast_weights(
+                unwrapped.policy, enabled=self.mixed_precision and not self.is_deepspeed_enabled):
             policy = unwrapped.policy
             for i in range(0, queries.shape[0], chunk):
                 q = queries[i: i + chunk]
