@@ -43,8 +43,23 @@ class RoundsArguments:
                                                                       "training to measure its accuracy."})
     reward_epochs: float = field(default=2.0, metadata={"help": "RM epochs per round (from SFT, on everything)."})
     ppo_episodes: int = field(default=1024, metadata={"help": "PPO episodes per round."})
+    ppo_target_kl: float | None = field(
+        default=None, metadata={"help": "Adaptive-KL target of each round's PPO (default: the one-shot policy's "
+                                        "measured KL to SFT, so that iterating does not buy reward with drift)."})
+    ppo_kl_horizon: int = field(default=256, metadata={"help": "Adaptive-KL horizon (episodes) of each round's "
+                                                                "PPO: short, so beta adapts within a round."})
+    ppo_carry_kl_coef: bool = field(default=True, metadata={"help": "Start each round's KL coefficient where the "
+                                                                    "last PPO run ended (false: the recipe's 0.2)."})
     eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the evaluation."})
     seed: int = field(default=0, metadata={"help": "Seeds prompts, sampling and training."})
+
+
+def _last_kl_coef(policy_path: str, default: float = 0.2) -> float:
+    """The adaptive KL coefficient a PPO run ended with (its stage_metrics.json)."""
+    metrics = Path(policy_path) / "stage_metrics.json"
+    if metrics.is_file():
+        return float(json.loads(metrics.read_text()).get("objective/kl_coef", default))
+    return default
 
 
 def _run(recipe: str, argv: list[str]):
@@ -211,7 +226,11 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
                      "--sft_model_path", sft, "--policy_model_path", policy, "--reward_model_path", new_reward,
                      "--dataset_name", str(folder / "prompts"), "--ptx_dataset", str(demo / "data/ptx/train.jsonl"),
                      "--output_dir", new_policy, "--total_episodes", str(args.ppo_episodes),
-                     "--save_strategy", "no", "--num_sample_generations", "0", "--seed", str(args.seed + r)])
+                     "--save_strategy", "no", "--num_sample_generations", "0", "--seed", str(args.seed + r),
+                     "--target_kl", str(args.ppo_target_kl or rounds[0]["kl"]),
+                     # beta carries on from where the last PPO run left it, and adapts within a round
+                     "--kl_coef", str(_last_kl_coef(policy) if args.ppo_carry_kl_coef else 0.2),
+                     "--kl_horizon", str(args.ppo_kl_horizon)])
         # 5. evaluate
         policy, reward = new_policy, new_reward
         rounds.append({"round": r, "comparisons": len(train), "policy_path": policy, "reward_path": reward,
