@@ -155,12 +155,13 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
     return flat.view(batch, length)
 
 
-@torch.no_grad()
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-token entropy ``H(pi(.|s_t)) = -sum_a pi(a) log pi(a)`` of the categorical given by ``logits / temperature``.
 
     Uses ``H = logsumexp(z) - sum_a softmax(z)_a z_a``, which is exact and avoids ``0 * log 0``; float32, a chunk of
-    positions at a time (differentiable, for an entropy bonus; logged as a statistic under no_grad). ``logits`` is ``[B, T, V]``; returns ``[B, T]``.
+    positions at a time. Differentiable (the entropy bonus needs it); call it under ``torch.no_grad()`` when it is
+    only a statistic, so that no chunk's softmax is kept for a backward. ``logits`` is ``[B, T, V]``; returns
+    ``[B, T]``.
     """
     batch, length, vocab = logits.shape
     flat = logits.reshape(batch * length, vocab)
