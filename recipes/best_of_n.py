@@ -6,7 +6,7 @@
 from trl import ModelConfig
 
 from rlhf_recipes.best_of_n import BestOfNArguments, best_of_n, summarize, write_best_of_n
-from rlhf_recipes.config import ScriptArguments, parse_recipe_args
+from rlhf_recipes.config import ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset
 from rlhf_recipes.models import check_same_tokenizer, load_model, load_tokenizer
 
@@ -49,4 +49,4 @@ def main(script_args: ScriptArguments, bon_args: BestOfNArguments, model_args: M
 DATACLASSES = (ScriptArguments, BestOfNArguments, ModelConfig)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)

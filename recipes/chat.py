@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from transformers import set_seed
 from trl import ModelConfig
 
-from rlhf_recipes.config import parse_recipe_args
+from rlhf_recipes.config import run_main
 from rlhf_recipes.feedback.chat import load_chat_policy
 
 
@@ -65,4 +65,4 @@ def main(chat_args: ChatArguments, model_args: ModelConfig, stdin=None, stdout=N
 DATACLASSES = (ChatArguments, ModelConfig)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)

@@ -6,7 +6,7 @@ completions of its prompt (mean-centred, std-scaled), no value model; TRL's GRPO
 
 from trl import GRPOTrainer, ModelConfig
 
-from rlhf_recipes.config import ScriptArguments, parse_recipe_args
+from rlhf_recipes.config import ScriptArguments, run_main
 from rlhf_recipes.online import GRPOConfig, train_online
 
 
@@ -17,4 +17,4 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
 DATACLASSES = (ScriptArguments, GRPOConfig, ModelConfig)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)

@@ -6,7 +6,7 @@ retrain the RM on all comparisons so far, continue PPO, evaluate (`make iterate 
 A rerun continues after the last finished round.
 """
 
-from rlhf_recipes.config import parse_recipe_args
+from rlhf_recipes.config import run_main
 from rlhf_recipes.feedback.rounds import RoundsArguments, rounds_table, run_rounds
 
 
@@ -19,4 +19,4 @@ def main(args: RoundsArguments) -> list[dict]:
 DATACLASSES = (RoundsArguments,)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)

@@ -11,7 +11,7 @@ The comparisons file trains a reward model as it is (`recipes/reward.py --datase
 import os
 from dataclasses import dataclass, field
 
-from rlhf_recipes.config import parse_recipe_args
+from rlhf_recipes.config import run_main
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 AUTH_ENV = "RLHF_LABEL_AUTH"
@@ -86,4 +86,4 @@ def main(args: LabelArguments, launch: bool = True):
 DATACLASSES = (LabelArguments,)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)

@@ -6,7 +6,7 @@ other completions of the prompt), no value model; TRL's RLOOTrainer scored by ou
 
 from trl import ModelConfig, RLOOTrainer
 
-from rlhf_recipes.config import ScriptArguments, parse_recipe_args
+from rlhf_recipes.config import ScriptArguments, run_main
 from rlhf_recipes.online import RLOOConfig, train_online
 
 
@@ -17,4 +17,4 @@ def main(script_args: ScriptArguments, training_args: RLOOConfig, model_args: Mo
 DATACLASSES = (ScriptArguments, RLOOConfig, ModelConfig)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)

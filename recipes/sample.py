@@ -9,7 +9,7 @@ A rerun appends only the prompts not yet in `--output_file`. Rank the file with 
 
 from trl import ModelConfig
 
-from rlhf_recipes.config import ScriptArguments, parse_recipe_args
+from rlhf_recipes.config import ScriptArguments, run_main
 from rlhf_recipes.feedback.sampling import SampleArguments, run_sampling
 
 
@@ -20,4 +20,4 @@ def main(script_args: ScriptArguments, sample_args: SampleArguments, model_args:
 DATACLASSES = (ScriptArguments, SampleArguments, ModelConfig)
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(DATACLASSES))
+    run_main(main, DATACLASSES)
