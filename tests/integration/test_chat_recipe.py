@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.conftest import REPO
+from conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,8 +29,9 @@ def test_chat_answers_each_line_and_stops_at_exit_or_eof(demo_dir):
 def test_chat_ends_at_eof(demo_dir):
     import io
 
+    from conftest import load_recipe
+
     from rlhf_recipes.config import parse_recipe_args
-    from tests.conftest import load_recipe
 
     module = load_recipe("chat")
     out = io.StringIO()

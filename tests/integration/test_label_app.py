@@ -13,9 +13,9 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import load_recipe
 
 from rlhf_recipes.feedback.store import LabelStore
-from tests.conftest import load_recipe
 
 pytest.importorskip("gradio", reason="the labeling app needs the `feedback` extra: pip install -e '.[feedback]'")
 

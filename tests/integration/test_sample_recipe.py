@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_recipe
 
 from rlhf_recipes.feedback.sampling import cap_per_user, dedupe_common_prefix, prompt_id
-from tests.conftest import REPO, run_recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
