@@ -44,7 +44,7 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     start_path = training_args.policy_model_path or sft_path
     if model_args.use_peft and start_path != sft_path:
         raise ConfigError("With LoRA the KL reference is the policy with its adapter disabled, so policy_model_path "
-                         "cannot differ from sft_model_path.")
+                          "cannot differ from sft_model_path.")
     policy = load_model(model_args, tokenizer, model_name_or_path=start_path, trust_remote_code=remote)
     ref_policy = None if model_args.use_peft else load_model(model_args, tokenizer, model_name_or_path=sft_path,
                                                              trust_remote_code=remote, apply_lora=False)
