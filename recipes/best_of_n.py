@@ -3,6 +3,9 @@
     python recipes/best_of_n.py --config recipes/demo/best_of_n.yaml --n 16
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 from trl import ModelConfig
 
 from rlhf_recipes.best_of_n import BestOfNArguments, best_of_n, summarize, write_best_of_n

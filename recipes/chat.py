@@ -7,6 +7,9 @@ The conversation is rendered by the project's renderer (data.py) and its oldest 
 no longer fit the model's context. `/reset` starts over.
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 import sys
 from dataclasses import dataclass, field
 

@@ -4,6 +4,9 @@ completions of its prompt (mean-centred, std-scaled), no value model; TRL's GRPO
     accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/grpo.py --config recipes/gpt2/grpo.yaml
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 from trl import GRPOTrainer, ModelConfig
 
 from rlhf_recipes.config import ScriptArguments, run_main

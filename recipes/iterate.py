@@ -6,6 +6,9 @@ retrain the RM on all comparisons so far, continue PPO, evaluate (`make iterate 
 A rerun continues after the last finished round.
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 from rlhf_recipes.config import run_main
 from rlhf_recipes.feedback.rounds import RoundsArguments, rounds_table, run_rounds
 

@@ -8,6 +8,9 @@
 The comparisons file trains a reward model as it is (`recipes/reward.py --dataset_name comparisons.jsonl`).
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 import os
 from dataclasses import dataclass, field
 

@@ -4,6 +4,9 @@ other completions of the prompt), no value model; TRL's RLOOTrainer scored by ou
     accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/rloo.py --config recipes/gpt2/rloo.yaml
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 from trl import ModelConfig, RLOOTrainer
 
 from rlhf_recipes.config import ScriptArguments, run_main

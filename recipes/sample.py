@@ -7,6 +7,9 @@
 A rerun appends only the prompts not yet in `--output_file`. Rank the file with `recipes/label.py`.
 """
 
+import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time kernel lookup
+
+# isort: split
 from trl import ModelConfig
 
 from rlhf_recipes.config import ScriptArguments, run_main

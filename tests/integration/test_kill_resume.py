@@ -156,6 +156,7 @@ def test_a_save_that_fails_keeps_the_previous_checkpoint_and_says_why(error, wor
         return original(self, output_dir)
 
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", disk_full_at_step_4)
+    handlers_before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     out = tmp_path / "full"
     with pytest.raises(CheckpointError) as err:
         run_recipe("sft", sft_args(demo_dir, out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
@@ -166,5 +167,4 @@ def test_a_save_that_fails_keeps_the_previous_checkpoint_and_says_why(error, wor
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]  # no staging left
     assert checkpoint_problems(out / "checkpoint-2") == []
     # train() ended by an exception, without on_train_end: the signal handlers are the previous ones again.
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers_before
