@@ -349,6 +349,9 @@ def summarise(case: Case, ranks: list[dict], wall_s: float | None = None, comman
         episodes = first["episodes_per_update"] * row.measured_steps  # global episodes
         row.throughput, row.unit = episodes / seconds[slowest], "episodes/s"
         row.update_s = seconds[slowest] / row.measured_steps
+        cpu = ranks[slowest].get("step_cpu_times")
+        if cpu:  # CPU seconds of the process: what other jobs' time slices on a shared machine do not inflate
+            row.extra["episodes_per_cpu_s"] = episodes / sum(_after_warmup(cpu[:n]))
         phases = ranks[slowest]["phases"]
         if "optimise_s" not in phases and "generate_s" in phases:  # GRPO: what is not rollout is the optimiser's
             phases["optimise_s"] = [t - g - s for t, g, s in zip(times[slowest], phases["generate_s"],
@@ -391,7 +394,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 MAIN_HEADERS = ["case", "stage", "model", "method", "launch", "procs", "trainable M", "throughput", "unit",
                 "peak RSS/proc MiB", "RSS all procs MiB", "peak GPU MiB", "wall s", "status"]
-PPO_HEADERS = ["case", "episodes/s", "update s", "generate s", "score s", "optimise s", "other s"]
+PPO_HEADERS = ["case", "episodes/s", "episodes/CPU-s", "update s", "generate s", "score s", "optimise s", "other s"]
 PHASE_HEADERS = ["case", "generate tok/s", "generate MFU", "score tok/s", "score MFU", "optimise tok/s",
                  "optimise MFU", "max abs KL (lr 0)", "max abs(ratio - 1) (lr 0)"]
 
@@ -412,7 +415,8 @@ def ppo_table(rows: list[Row]) -> str:
         other = None
         if None not in (r.update_s, r.generate_s, r.score_s, r.optimise_s):
             other = r.update_s - r.generate_s - r.score_s - r.optimise_s
-        body.append([r.case, fmt(r.throughput, 2), fmt(r.update_s, 2), fmt(r.generate_s, 2), fmt(r.score_s, 2),
+        body.append([r.case, fmt(r.throughput, 2), fmt(r.extra.get("episodes_per_cpu_s"), 2), fmt(r.update_s, 2),
+                     fmt(r.generate_s, 2), fmt(r.score_s, 2),
                      fmt(r.optimise_s, 2), fmt(other, 2)])
     return markdown_table(PPO_HEADERS, body) if body else ""
 
@@ -463,6 +467,10 @@ def findings(rows: list[Row]) -> list[str]:
                 verdict = "meets" if speedup >= 1.5 else "misses"
                 lines.append(f"PPO {method} ({size}) bf16 / fp32 episodes/s: {fmt(bf16.throughput, 2)} / "
                              f"{fmt(fp32.throughput, 2)} = {speedup:.2f}x ({verdict} the >= 1.5x target)")
+                cpu_fp32, cpu_bf16 = fp32.extra.get("episodes_per_cpu_s"), bf16.extra.get("episodes_per_cpu_s")
+                if cpu_fp32 and cpu_bf16:
+                    lines.append(f"PPO {method} ({size}) bf16 / fp32 episodes per CPU-second: {cpu_bf16:.2f} / "
+                                 f"{cpu_fp32:.2f} = {cpu_bf16 / cpu_fp32:.2f}x")
         ours, grpo = by_case.get(f"ppo-{size}-full-1proc-bf16"), by_case.get(f"grpo-{size}-full-1proc-bf16")
         if ours and grpo and grpo.throughput:
             lines.append(f"bf16 episodes/s, our PPO / TRL's GRPOTrainer ({size}, full): {fmt(ours.throughput, 2)} / "

@@ -90,7 +90,9 @@ def test_summarise_ppo_phases_and_episodes():
     assert row.generate_s == pytest.approx(1.1) and row.optimise_s == pytest.approx(2.0)
     assert row.update_s == pytest.approx(4.0)
     table = harness.ppo_table([row])
-    assert "| ppo-124m-lora-1proc | 2.00 | 4.00 | 1.10 | 0.50 | 2.00 | 0.40 |" in table
+    assert "| ppo-124m-lora-1proc | 2.00 |  | 4.00 | 1.10 | 0.50 | 2.00 | 0.40 |" in table
+    timed = fake_rank(steps=(20.0, 4.0, 4.0), episodes_per_update=8, phases=phases, step_cpu_times=[9.0, 2.0, 2.0])
+    assert harness.summarise(case, [timed]).extra["episodes_per_cpu_s"] == pytest.approx(16 / 4.0)
 
 
 def test_summarise_without_results_is_a_failure():

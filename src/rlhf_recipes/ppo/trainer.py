@@ -220,9 +220,8 @@ class PPOTrainer(AtomicCheckpointMixin, Trainer):
             self.deepspeed = self.model
         self.ref_model = self._prepare_frozen(self.ref_model)
         self.reward_model = self._prepare_frozen(self.reward_model)
-        logger.warning("PPO precision: %s; generation backend: %s.", f"{self.accelerator.mixed_precision} autocast "
-                       "(fp32 weights and optimizer state)" if self.mixed_precision else "fp32",
-                       args.generation_backend)
+        logger.info("PPO precision: %s; generation backend: %s.", f"{self.accelerator.mixed_precision} autocast "
+                    "(fp32 weights and optimizer state)" if self.mixed_precision else "fp32", args.generation_backend)
 
     def _unwrapped(self) -> PolicyAndValue:
         return self.accelerator.unwrap_model(self.model)
