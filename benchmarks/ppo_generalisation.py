@@ -4,6 +4,7 @@ held-out openings that no stage trained on (and on the PPO test split), against 
     python benchmarks/ppo_generalisation.py                          # every variant in VARIANTS, in order
     python benchmarks/ppo_generalisation.py --variants today kl3     # some of them
     python benchmarks/ppo_generalisation.py --list
+    python benchmarks/ppo_generalisation.py --demo_dir runs/demo2 --tag @mydemo   # another demo build, named rows
 
 Each variant is `recipes/demo/ppo.yaml` (the demo default, whatever it is now) plus the flags in `VARIANTS`, run as
 `python recipes/ppo.py ...` on `--demo_dir`'s SFT model, reward model and prompts (same 2048-episode budget unless a
@@ -33,10 +34,11 @@ sys.path.insert(0, str(REPO / "src"))
 
 from rlhf_recipes.evaluation_metrics import markdown_table  # noqa: E402
 
-# Flags on top of recipes/demo/ppo.yaml. "before" pins the settings the demo shipped with before this study, so it
-# stays reproducible after the YAML changed.
+# Flags on top of recipes/demo/ppo.yaml. "before" pins the settings the demo shipped with before this study (where
+# entropy_coef and min_response_length did not exist, i.e. were 0), so every variant stays reproducible after the YAML
+# changed.
 BEFORE = {"kl_coef": 0.2, "target_kl": 6.0, "kl_horizon": 1024, "ptx_coef": 0.1, "learning_rate": 3.0e-4,
-          "missing_eos_penalty": 1.0, "num_ppo_epochs": 4}
+          "missing_eos_penalty": 1.0, "num_ppo_epochs": 4, "entropy_coef": 0.0, "min_response_length": 0}
 VARIANTS: dict[str, dict] = {
     "before": BEFORE,
     "default": {},
@@ -68,6 +70,31 @@ VARIANTS: dict[str, dict] = {
                                        "min_response_length": 12},
     "eos0-beta0.05-ent0.05-minlen12": {**BEFORE, "missing_eos_penalty": 0.0, "kl_coef": 0.05, "entropy_coef": 0.05,
                                        "min_response_length": 12},
+    "eos0-beta0.05-ent0.1-minlen12": {**BEFORE, "missing_eos_penalty": 0.0, "kl_coef": 0.05, "entropy_coef": 0.1,
+                                      "min_response_length": 12},
+    "eos0-beta0.1-ent0.03-minlen12": {**BEFORE, "missing_eos_penalty": 0.0, "kl_coef": 0.1, "entropy_coef": 0.03,
+                                      "min_response_length": 12},
+    "ptx0.5-beta0.1": {**BEFORE, "ptx_coef": 0.5, "kl_coef": 0.1},
+    "ptx0.3": {**BEFORE, "ptx_coef": 0.3},
+    "eos0-beta0.05-lr1e-4": {**BEFORE, "missing_eos_penalty": 0.0, "kl_coef": 0.05, "learning_rate": 1.0e-4},
+    "ptx0.5-beta0.1-lr1e-4": {**BEFORE, "ptx_coef": 0.5, "kl_coef": 0.1, "learning_rate": 1.0e-4},
+    "eos0-beta0.02-target15-ent0.05-minlen12": {**BEFORE, "missing_eos_penalty": 0.0, "kl_coef": 0.02,
+                                                "target_kl": 15.0, "entropy_coef": 0.05, "min_response_length": 12},
+    "eos0-beta0.05-ent0.035-minlen12": {**BEFORE, "missing_eos_penalty": 0.0, "kl_coef": 0.05,
+                                        "entropy_coef": 0.035, "min_response_length": 12},
+    # around the chosen default (recipes/demo/ppo.yaml now): gentler updates, more KL for the entropy bonus
+    "default-epochs2": {"num_ppo_epochs": 2},
+    "default-clip0.1": {"cliprange": 0.1},
+    "default-beta0.03-ent0.03": {"kl_coef": 0.03, "entropy_coef": 0.03},
+    "default-k3": {"kl_estimator": "k3"},
+    "default-clip0.1-beta0.03": {"cliprange": 0.1, "kl_coef": 0.03},
+    "default-ent0.01": {"entropy_coef": 0.01},
+    "default-k3-ent0.05": {"kl_estimator": "k3", "entropy_coef": 0.05},
+    "default-k3-ent0.08": {"kl_estimator": "k3", "entropy_coef": 0.08},
+    # more distinct PPO prompts (each episode a new one) instead of the demo's 1024 seen twice
+    "default-prompts2048": {"num_train_prompts": 2048},
+    "ptx0.5-eos0-beta0.05-ent0.05-minlen12": {**BEFORE, "ptx_coef": 0.5, "missing_eos_penalty": 0.0, "kl_coef": 0.05,
+                                              "entropy_coef": 0.05, "min_response_length": 12},
 }
 
 GOAL = {"judge_win": 0.8, "ratio": 0.9, "labeler_win": 0.85}
@@ -114,14 +141,28 @@ def meets_goal(heldout: dict) -> bool:
             and heldout["labeler_win"] >= GOAL["labeler_win"])
 
 
+def _prompt_set(demo: Path, work: Path, num_train: int) -> Path:
+    """The demo's prompts folder with `num_train` training prompts (same generator and seed as the build)."""
+    from rlhf_recipes.demo.build import write_jsonl
+    from rlhf_recipes.demo.corpus import review_prompts
+
+    folder = work / f"prompts-{num_train}"
+    write_jsonl(folder / "train.jsonl", [{"prompt": p} for p in review_prompts(num_train, 0, "train")])
+    (folder / "test.jsonl").write_text((demo / "data/prompts/test.jsonl").read_text())
+    return folder
+
+
 def run_variant(name: str, overrides: dict, seed: int, demo: Path, work: Path, retrain: bool) -> dict:
     out = work / f"{name}-s{seed}"
     out.mkdir(parents=True, exist_ok=True)
+    ppo_overrides = {k: v for k, v in overrides.items() if k != "num_train_prompts"}
+    prompts = _prompt_set(demo, work, overrides["num_train_prompts"]) if "num_train_prompts" in overrides \
+        else demo / "data/prompts"
     wall_file = out / "ppo_wall_s.json"
     ppo_flags = ["--sft_model_path", str(demo / "sft"), "--model_name_or_path", str(demo / "sft"),
-                 "--reward_model_path", str(demo / "reward"), "--dataset_name", str(demo / "data/prompts"),
+                 "--reward_model_path", str(demo / "reward"), "--dataset_name", str(prompts),
                  "--ptx_dataset", str(demo / "data/ptx/train.jsonl"), "--output_dir", str(out / "ppo"),
-                 "--save_strategy", "no", "--seed", str(seed), *_flags(overrides)]
+                 "--save_strategy", "no", "--seed", str(seed), *_flags(ppo_overrides)]
     cmd = [sys.executable, "recipes/ppo.py", "--config", "recipes/demo/ppo.yaml", *ppo_flags]
     if retrain or not wall_file.is_file():  # else: a finished run of the same flags, re-evaluated only
         wall_file.write_text(json.dumps(_run(cmd, out / "ppo.log")))
@@ -150,12 +191,18 @@ def render(records: list[dict]) -> str:
     columns = list(rows[0]) if rows else ["variant"]
     return "\n".join([
         "# PPO generalisation on the demo (written by `python benchmarks/ppo_generalisation.py`)", "",
-        "Each row: `recipes/demo/ppo.yaml` as it is now plus the flags shown, trained on the demo's SFT/RM, judged "
+        "Each row: `recipes/demo/ppo.yaml` plus the flags shown, trained on the demo's SFT/RM, judged "
         "on the 256 held-out openings that no stage trained on (`data/heldout/prompts.jsonl`) against SFT: win "
         "rates per prompt, ties half (`rlhf_recipes.demo.judges`); distinct-2 and mean words as a multiple of "
         "SFT's; KL to SFT on the held-out samples. `test:` columns are the PPO test split (64 prompts). Goal "
         f"(issue 15 item 4): both judges >= {GOAL['judge_win']}, distinct-2 and words >= {GOAL['ratio']}x SFT, "
         f"labeler win >= {GOAL['labeler_win']} (held-out).", "",
+        "Rows without `@labelerfix` ran on the demo as built before the simulated labeler stopped counting \"love\" "
+        "in the aspect \"love story\" as sentiment (with its reward model); `@labelerfix` rows on the demo rebuilt "
+        "with the fixed labeler (new ranked comparisons, reward model retrained with `recipes/demo/reward.yaml`). "
+        "The `before` flags pin the PPO settings the demo shipped with before this study (`entropy_coef` and "
+        "`min_response_length` did not exist, i.e. were 0, in the rows recorded before the YAML changed); rows named "
+        "`default` are relative to the chosen default, the YAML as it is now.", "",
         markdown_table(rows, columns), "",
     ])
 
@@ -167,6 +214,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(REPO / "benchmarks/results/ppo-generalisation.json"))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[42])
+    parser.add_argument("--tag", default="", help="appended to the variant names in the results (e.g. which demo)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--retrain", action="store_true", help="retrain variants already trained in --work_dir "
                                                                  "(default: re-evaluate them only)")
@@ -185,8 +233,8 @@ def main() -> None:
     records = json.loads(results.read_text()) if results.is_file() else []
     for seed in args.seeds:
         for name in args.variants:
-            record = run_variant(name, VARIANTS[name], seed, demo, work, args.retrain)
-            records = [r for r in records if (r["variant"], r["seed"]) != (name, seed)] + [record]
+            record = run_variant(name + args.tag, VARIANTS[name], seed, demo, work, args.retrain)
+            records = [r for r in records if (r["variant"], r["seed"]) != (record["variant"], seed)] + [record]
             results.parent.mkdir(parents=True, exist_ok=True)
             results.write_text(json.dumps(records, indent=1) + "\n")
             results.with_suffix(".md").write_text(render(records))
@@ -194,6 +242,8 @@ def main() -> None:
             print(f"{name} seed {seed}: vader {h['vader_win']:.3f} afinn {h['afinn_win']:.3f} labeler "
                   f"{h['labeler_win']:.3f} d2 x{h['distinct_2_ratio']:.2f} words x{h['words_ratio']:.2f} "
                   f"KL {h['kl']:.2f} ({record['ppo_wall_s']} s) goal={record['meets_goal']}", flush=True)
+    if records:  # `--variants` with no names only re-renders the table
+        results.with_suffix(".md").write_text(render(records))
 
 
 if __name__ == "__main__":
