@@ -19,7 +19,7 @@ from trl import ModelConfig
 
 from ..data import encode_text, load_stage_dataset
 from ..host_memory import keep_freed_memory
-from ..models import check_same_tokenizer, load_model, load_tokenizer, lora_config, score_responses
+from ..models import check_lengths, check_same_tokenizer, load_model, load_tokenizer, lora_config, score_responses
 from ..outputs import check_hub_token, resolve_resume_checkpoint, save_stage
 from .config import RewardModelArguments
 
@@ -68,12 +68,13 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
     tokenizer = load_tokenizer(sft_path, revision=model_args.model_revision, trust_remote_code=remote,
                                padding_side="left", conversation_template=script_args.conversation_template)
     check_same_tokenizer(tokenizer, training_args.reward_model_path, trust_remote_code=remote)
-    context = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 1024
-    if training_args.max_completion_length >= context:
-        raise ValueError(f"max_completion_length {training_args.max_completion_length} leaves no room for a prompt "
-                         f"in the {context}-token context of {sft_path}; lower it.")
+    # The one length check every stage uses: the policy and the reward model both read prompt + completion.
+    context = check_lengths(training_args, [sft_path, training_args.reward_model_path], stage=stage.upper(),
+                            generation=(None, "max_completion_length"), revision=model_args.model_revision,
+                            trust_remote_code=remote)
     dataset, reports = load_stage_dataset(script_args, "prompts", tokenizer=tokenizer, seed=training_args.seed,
-                                          max_prompt_tokens=context - training_args.max_completion_length)
+                                          max_prompt_tokens=context - training_args.max_completion_length,
+                                          report_dir=training_args.output_dir)
 
     # LoRA is TRL's to apply (peft_config): with it, the reference is the policy with the adapter disabled.
     policy = load_model(model_args, tokenizer, model_name_or_path=sft_path, trust_remote_code=remote,
