@@ -9,7 +9,7 @@ import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time k
 from trl import ModelConfig
 
 from rlhf_recipes.best_of_n import BestOfNArguments, best_of_n, summarize, write_best_of_n
-from rlhf_recipes.config import ScriptArguments, run_main
+from rlhf_recipes.config import ConfigError, ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset
 from rlhf_recipes.models import check_same_tokenizer, load_model, load_tokenizer
 
@@ -17,7 +17,7 @@ from rlhf_recipes.models import check_same_tokenizer, load_model, load_tokenizer
 def main(script_args: ScriptArguments, bon_args: BestOfNArguments, model_args: ModelConfig) -> dict:
     policy_path = bon_args.policy_path or model_args.model_name_or_path
     if not policy_path or not bon_args.reward_model_path:
-        raise ValueError("Best-of-n needs a policy (`policy_path`) and a reward model (`reward_model_path`).")
+        raise ConfigError("Best-of-n needs a policy (`policy_path`) and a reward model (`reward_model_path`).")
     remote = bon_args.trust_remote_code
     tokenizer = load_tokenizer(policy_path, trust_remote_code=remote, padding_side="left",
                                conversation_template=script_args.conversation_template)
@@ -26,7 +26,7 @@ def main(script_args: ScriptArguments, bon_args: BestOfNArguments, model_args: M
                                     max_prompt_tokens=tokenizer.model_max_length - bon_args.response_length
                                     if tokenizer.model_max_length < 100_000 else None)
     if bon_args.split not in dataset:
-        raise ValueError(f"{script_args.dataset_name} has no {bon_args.split!r} split (found {list(dataset)}); "
+        raise ConfigError(f"{script_args.dataset_name} has no {bon_args.split!r} split (found {list(dataset)}); "
                          "set `split` to one of them.")
     prompts = dataset[bon_args.split]["prompt"][: bon_args.num_prompts]
     policy = load_model(model_args, tokenizer, model_name_or_path=policy_path, trust_remote_code=remote,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from transformers import set_seed
 from trl import ModelConfig
 
-from rlhf_recipes.config import run_main
+from rlhf_recipes.config import ConfigError, run_main
 from rlhf_recipes.feedback.chat import load_chat_policy
 
 
@@ -36,7 +36,7 @@ class ChatArguments:
 def main(chat_args: ChatArguments, model_args: ModelConfig, stdin=None, stdout=None) -> list[dict[str, str]]:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     if not model_args.model_name_or_path:
-        raise ValueError("Give a policy with --model_name_or_path (a folder, an adapter folder or a Hub id).")
+        raise ConfigError("Give a policy with --model_name_or_path (a folder, an adapter folder or a Hub id).")
     set_seed(chat_args.seed)
     policy = load_chat_policy(model_args.model_name_or_path, revision=model_args.model_revision,
                               dtype=model_args.dtype, trust_remote_code=chat_args.trust_remote_code,

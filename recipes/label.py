@@ -14,7 +14,7 @@ import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time k
 import os
 from dataclasses import dataclass, field
 
-from rlhf_recipes.config import run_main
+from rlhf_recipes.config import ConfigError, run_main
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 AUTH_ENV = "RLHF_LABEL_AUTH"
@@ -49,10 +49,10 @@ def parse_auth(args: LabelArguments) -> tuple[str, str] | None:
     if value:
         user, sep, password = value.partition(":")
         if not sep or not user or not password:
-            raise ValueError(f"--auth / {AUTH_ENV} must be user:password.")
+            raise ConfigError(f"--auth / {AUTH_ENV} must be user:password.")
         auth = (user, password)
     if auth is None and args.host not in LOCAL_HOSTS:
-        raise ValueError(f"Refusing to serve rankings on {args.host} without a password: anyone who can reach it "
+        raise ConfigError(f"Refusing to serve rankings on {args.host} without a password: anyone who can reach it "
                          f"could read the samples and write labels. Set {AUTH_ENV}=user:password (or --auth), or "
                          "bind 127.0.0.1.")
     return auth
@@ -63,7 +63,7 @@ def main(args: LabelArguments, launch: bool = True):
         from rlhf_recipes.feedback.publish import push_labels
 
         if not args.hub_dataset_id:
-            raise ValueError("--push_to_hub needs --hub_dataset_id (e.g. you/my-rankings).")
+            raise ConfigError("--push_to_hub needs --hub_dataset_id (e.g. you/my-rankings).")
         repo = push_labels(args.comparisons_file, args.hub_dataset_id, private=args.hub_private_repo)
         print(f"Pushed to https://huggingface.co/datasets/{repo}")
         return None

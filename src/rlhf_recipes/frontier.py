@@ -32,7 +32,7 @@ import torch
 from trl import ModelConfig
 
 from .best_of_n import best_of_n, best_of_n_kl
-from .config import ScriptArguments, load_recipe_module, parse_recipe_args
+from .config import ConfigError, ScriptArguments, load_recipe_module, parse_recipe_args
 from .data import load_stage_dataset
 from .evaluation import EvalArguments, evaluate_policies
 from .evaluation_metrics import distinct_n, markdown_table, mean_std, win_rate
@@ -86,7 +86,7 @@ class Judge:
         source = args.eval_prompts or str(demo / "data/prompts")
         dataset, _ = load_stage_dataset(ScriptArguments(dataset_name=source), "prompts")
         if args.eval_split not in dataset:
-            raise ValueError(f"{source} has no {args.eval_split!r} split (found {list(dataset)}); set --eval_split.")
+            raise ConfigError(f"{source} has no {args.eval_split!r} split (found {list(dataset)}); set --eval_split.")
         self.prompts = dataset[args.eval_split]["prompt"][: args.num_prompts]
         self.eval_args = EvalArguments(num_prompts=len(self.prompts), response_length=args.response_length,
                                        batch_size=args.batch_size, seed=args.seed, simulated_labeler=True)
@@ -176,7 +176,7 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
     """Train, evaluate and write `frontier.json`, `frontier.png` and `frontier.md`; returns the points."""
     unknown = set(args.methods) - set(METHODS)
     if unknown:
-        raise ValueError(f"Unknown method(s) {sorted(unknown)} in --methods; choose from {METHODS}.")
+        raise ConfigError(f"Unknown method(s) {sorted(unknown)} in --methods; choose from {METHODS}.")
     demo, recipes = Path(args.demo_dir), Path(args.recipes_dir)
     out = Path(args.output_dir or demo / "frontier")
     out.mkdir(parents=True, exist_ok=True)

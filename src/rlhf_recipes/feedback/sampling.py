@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..config import ConfigError
 from ..data import encode_text
 from .jsonl import AppendLog
 
@@ -60,10 +61,10 @@ class SampleArguments:
 
     def __post_init__(self):
         if not 2 <= self.num_responses_per_prompt <= 9:
-            raise ValueError(f"num_responses_per_prompt must be 2..9 (InstructGPT's K), got "
+            raise ConfigError(f"num_responses_per_prompt must be 2..9 (InstructGPT's K), got "
                              f"{self.num_responses_per_prompt}.")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be > 0 and top_p in (0, 1].")
+            raise ConfigError("temperature must be > 0 and top_p in (0, 1].")
 
 
 def prompt_id(prompt: str) -> str:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError
+from ..data import DataError
 from .jsonl import AppendLog
 
 # InstructGPT's labeling metadata (Ouyang et al. 2022, table 3), shortened; a flag is about one response.
@@ -62,19 +64,19 @@ def load_items(samples_file: str | os.PathLike) -> dict[str, Item]:
         line = len(items) + 1
         missing = [key for key in ("id", "prompt", "responses") if key not in row]
         if missing:
-            raise ValueError(f"{path}, row {line}: missing {missing}; a samples row needs id, prompt and responses.")
+            raise DataError(f"{path}, row {line}: missing {missing}; a samples row needs id, prompt and responses.")
         responses = row["responses"]
         if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
-            raise ValueError(f"{path}, row {line}: 'responses' must be a list of strings.")
+            raise DataError(f"{path}, row {line}: 'responses' must be a list of strings.")
         if not MIN_K <= len(responses) <= MAX_K or len(set(responses)) < len(responses):
-            raise ValueError(f"{path}, row {line}: needs {MIN_K} to {MAX_K} distinct responses, got {len(responses)} "
+            raise DataError(f"{path}, row {line}: needs {MIN_K} to {MAX_K} distinct responses, got {len(responses)} "
                              f"({len(set(responses))} distinct).")
         gold = row.get("gold")
         if gold is not None and sorted(gold) != list(range(len(responses))):
-            raise ValueError(f"{path}, row {line}: 'gold' must order all response indices 0..{len(responses) - 1}.")
+            raise DataError(f"{path}, row {line}: 'gold' must order all response indices 0..{len(responses) - 1}.")
         item_id = str(row["id"])
         if item_id in items:
-            raise ValueError(f"{path}, row {line}: duplicate id {item_id!r}.")
+            raise DataError(f"{path}, row {line}: duplicate id {item_id!r}.")
         items[item_id] = Item(item_id, row["prompt"], tuple(responses), tuple(gold) if gold is not None else None)
     return items
 
@@ -134,9 +136,9 @@ class LabelStore:
     def __init__(self, samples_file: str | os.PathLike, comparisons_file: str | os.PathLike, *,
                  overlap_fraction: float = 0.0, overlap_labelers: int = 2, seed: int = 0):
         if not 0.0 <= overlap_fraction <= 1.0:
-            raise ValueError(f"overlap_fraction must be in [0, 1], got {overlap_fraction}.")
+            raise ConfigError(f"overlap_fraction must be in [0, 1], got {overlap_fraction}.")
         if overlap_labelers < 2:
-            raise ValueError("overlap_labelers must be at least 2 (an overlap needs two people).")
+            raise ConfigError("overlap_labelers must be at least 2 (an overlap needs two people).")
         self.items = load_items(samples_file)
         self.order = list(self.items)
         self.overlap_fraction, self.overlap_labelers, self.seed = overlap_fraction, overlap_labelers, seed

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import trl
 
+from ..config import ConfigError
+
 
 @dataclass
 class RewardModelArguments:
@@ -30,7 +32,7 @@ class RewardModelArguments:
 
     def check_reward_model(self) -> None:
         if not self.reward_model_path:
-            raise ValueError("No reward model: set `reward_model_path` (the stage-2 folder or a Hub id) in the recipe.")
+            raise ConfigError("No reward model: set `reward_model_path` (the stage-2 folder or a Hub id) in the recipe.")
 
 
 @dataclass
