@@ -57,7 +57,16 @@ $(BIN)/rlhf-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
 
 demo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR)
-	$(MAKE) pipeline MODEL=demo
+	$(MAKE) sft MODEL=demo CONFIG=
+	@# the reward model also learns the simulated labeler's rankings of the SFT model's own answers
+	rm -rf $(DEMO_DIR)/feedback/sft
+	$(MAKE) sample MODEL=demo CONFIG=recipes/demo/sample_sft.yaml
+	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.feedback.simulated --samples_file $(DEMO_DIR)/feedback/sft/samples.jsonl \
+		--comparisons_file $(DEMO_DIR)/feedback/sft/comparisons.jsonl
+	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR) \
+		--add_rankings $(DEMO_DIR)/feedback/sft/comparisons.jsonl
+	$(MAKE) reward MODEL=demo CONFIG=
+	$(MAKE) ppo MODEL=demo CONFIG=
 	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate.yaml
 	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate_heldout.yaml
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/sft

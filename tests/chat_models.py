@@ -17,6 +17,7 @@ from tokenizers.processors import TemplateProcessing
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from rlhf_recipes.data import read_jsonl, resolve_template
+from rlhf_recipes.ppo.core import short_response_penalty
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -120,6 +121,7 @@ def stage_args(stage: str, family_root: Path, data: Path) -> list[str]:
             "--ptx_dataset", str(data / "sft/train.jsonl"), "--ptx_batch_size", "2", "--total_episodes", "32",
             "--per_device_train_batch_size", "8", "--num_mini_batches", "2", "--num_ppo_epochs", "1",
             "--response_length", "24", "--local_rollout_forward_batch_size", "16", "--num_sample_generations", "0",
+            "--missing_eos_penalty", "1.0",  # the demo's is 0; the check below needs one to see where it lands
             *common]
 
 
@@ -161,7 +163,9 @@ def run_stage(stage: str, args: list[str]) -> dict:
                     **{k: experience[k].tolist() for k in ("responses", "query_responses", "attention_mask",
                                                            "raw_scores", "scores")},
                     "scores_without_last": without_last.tolist(),
-                    "missing_eos_penalty": self.args.missing_eos_penalty})
+                    "missing_eos_penalty": self.args.missing_eos_penalty,
+                    "min_response_length": self.args.min_response_length,
+                    "short_response_penalty": self.args.short_response_penalty})
                 return experience
 
     setattr(module, TRAINERS[stage], Recording)
@@ -226,9 +230,12 @@ def check_ppo(fed: dict, data: Path, tokenizer, family: str) -> None:
         width = responses.shape[1]
         first = torch.where(responses == eot_id, torch.arange(width), width).min(-1).values
         assert (responses[torch.arange(width)[None, :] > first[:, None]] == pad_id).all()  # only padding after it
-        # The missing-EOS penalty hits exactly the responses that never ended their turn.
+        # The missing-EOS penalty hits exactly the responses that never ended their turn (and the short-response
+        # penalty the short ones, the end of turn counted in the length).
         raw, scores = torch.tensor(e["raw_scores"]), torch.tensor(e["scores"])
-        torch.testing.assert_close(raw - scores, (~ended).float() * e["missing_eos_penalty"])
+        short = short_response_penalty((responses != pad_id).sum(-1), e["min_response_length"],
+                                       e["short_response_penalty"])
+        torch.testing.assert_close(raw - scores, (~ended).float() * e["missing_eos_penalty"] + short)
         # The reward is read at the end of turn: it is each ended sequence's last real token, and the score moves
         # when that token is masked out.
         qr, mask = torch.tensor(e["query_responses"]), torch.tensor(e["attention_mask"])

@@ -1,6 +1,7 @@
 """The analytic KL of best-of-n on hand-computed numbers."""
 
 import pytest
+import yaml
 
 from rlhf_recipes.best_of_n import best_of_n_kl
 
@@ -38,4 +39,6 @@ def test_shipped_recipes_parse_and_keep_the_demo_ppo_budget(recipe, configs):
         assert args.n == 16 and args.response_length == 24
     else:  # same episodes, response length and penalty as recipes/demo/ppo.yaml
         assert args.max_steps * args.per_device_train_batch_size == 2048
-        assert args.max_completion_length == 24 and args.missing_eos_penalty == 1.0
+        ppo = yaml.safe_load((REPO / "recipes/demo/ppo.yaml").read_text())
+        assert args.max_completion_length == ppo["response_length"] == 24
+        assert args.missing_eos_penalty == ppo["missing_eos_penalty"]

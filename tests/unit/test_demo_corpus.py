@@ -215,3 +215,9 @@ def test_corpus_adjectives_are_in_the_labeler_lexicon():
         assert all(LEXICON[a] > 0 for a in pos)
         assert all(LEXICON[a] < 0 for a in neg)
     assert not {w for w in corpus.NEUTRAL_ADJECTIVES if w in LEXICON}
+
+
+def test_love_story_is_an_aspect_not_a_feeling():
+    # PPO on the demo learned to praise "the love story" everywhere while "love" in it counted as sentiment
+    assert sentiment_score(" the love story was fine.") == sentiment_score(" the plot was fine.")
+    assert sentiment_score(" I love this film.") > 0

@@ -229,3 +229,25 @@ def test_the_simulated_labeler_ranks_through_the_store(tmp_path):
         scores = [labeler_score(row["prompt"], r) for r in row["responses"]]
         assert scores == sorted(scores, reverse=True) and row["labeler"] == "simulated"
     assert rank_responses("This western was", answers)[0] == 1
+
+
+def test_store_rankings_join_the_demo_reward_split_and_load_as_rankings(tmp_path):
+    from rlhf_recipes.data import load_raw_dataset
+    from rlhf_recipes.demo.build import SIZES, add_rankings
+    from rlhf_recipes.demo.labeler import rank_responses
+    from rlhf_recipes.feedback.simulated import label_all
+
+    samples = tmp_path / "samples.jsonl"
+    answers = [" It was fine.", " The plot was dull.", " I loved the acting and the music."]
+    samples.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"Western number {i} was", "responses": answers})
+                               + "\n" for i in range(2)))
+    comparisons = tmp_path / "comparisons.jsonl"
+    label_all(LabelStore(samples, comparisons), "simulated", rank_responses)
+    assert add_rankings(tmp_path / "demo", comparisons) == SIZES["reward"][0] + 2
+    first = (tmp_path / "demo/data/reward/train.jsonl").read_text()
+    assert add_rankings(tmp_path / "demo", comparisons) == SIZES["reward"][0] + 2  # a rerun writes the same file
+    assert (tmp_path / "demo/data/reward/train.jsonl").read_text() == first
+    train = load_raw_dataset(str(tmp_path / "demo/data/reward"))["train"]
+    assert train.column_names == ["prompt", "responses"]
+    assert train[-1] == {"prompt": "Western number 1 was", "responses": [answers[2], answers[0], answers[1]]}
+    assert len(train[0]["responses"]) == 4  # the corpus rankings come first

@@ -1,11 +1,14 @@
 """Write the embedded demo: base model and the datasets of every stage, reproducibly and without a network.
 
     python -m rlhf_recipes.demo.build --output_dir runs/demo
+    python -m rlhf_recipes.demo.build --output_dir runs/demo --add_rankings runs/demo/feedback/sft/comparisons.jsonl
 
 Layout (what `recipes/demo/*.yaml` reads):
     base/                     tokenizer + pretrained tiny GPT-2
     data/sft/{train,test}.jsonl      prompt, completion
-    data/reward/{train,test}.jsonl   prompt, responses (K=4, best first, ranked by the simulated labeler)
+    data/reward/{train,test}.jsonl   prompt, responses (K=4, best first, ranked by the simulated labeler): corpus
+                                     continuations, and in train, after `--add_rankings`, the SFT model's own samples
+    data/rm_prompts/train.jsonl      prompt (openings the SFT model answers K times for the reward model's rankings)
     data/prompts/{train,test}.jsonl  prompt (PPO training prompts; held-out evaluation prompts)
     data/ptx/train.jsonl             text (pretraining mix for PPO-ptx)
     data/heldout/prompts.jsonl       prompt (openings from templates no stage trained on: generalisation check)
@@ -21,7 +24,8 @@ from .base import build_base_model
 from .corpus import heldout_prompts, ptx_texts, review_prompts, sft_demonstrations
 from .labeler import ranked_comparisons
 
-SIZES = {"sft": (2000, 200), "reward": (1500, 300), "prompts": (1024, 64), "ptx": 1000, "heldout": 256}
+SIZES = {"sft": (2000, 200), "reward": (1500, 300), "prompts": (1024, 64), "ptx": 1000, "heldout": 256,
+         "rm_prompts": 1500}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -44,7 +48,27 @@ def build_demo_data(output_dir: str | Path, seed: int = 0) -> Path:
     write_jsonl(data / "prompts/test.jsonl", [{"prompt": p} for p in review_prompts(n_test, seed, "eval")])
     write_jsonl(data / "ptx/train.jsonl", [{"text": t} for t in ptx_texts(SIZES["ptx"], seed=seed + 2)])
     write_jsonl(data / "heldout/prompts.jsonl", [{"prompt": p} for p in heldout_prompts(SIZES["heldout"], seed)])
+    write_jsonl(data / "rm_prompts/train.jsonl", [{"prompt": p} for p in review_prompts(SIZES["rm_prompts"], seed + 3,
+                                                                                         "train")])
     return data
+
+
+def add_rankings(output_dir: str | Path, comparisons_file: str | Path, seed: int = 0) -> int:
+    """Make the reward model's train split the corpus rankings plus every ranking of `comparisons_file`.
+
+    InstructGPT's reward model learns rankings of the policy's own samples; the demo's corpus rankings compare
+    continuations written by the corpus generator, which the SFT model's answers only resemble. Trained on the
+    corpus rankings alone the reward model judges SFT-like answers worse on openings it never saw, and PPO exploits
+    that (`benchmarks/results/ppo-generalisation.md`, the `@rmmix` rows); on SFT samples alone it judges drifted
+    answers badly. `comparisons_file` is a label store's file (`feedback.simulated` writes it). Rewriting the corpus
+    part from the seed makes a rerun give the same file. Returns the number of rows written.
+    """
+    from ..data import read_jsonl
+
+    rankings = ranked_comparisons(SIZES["reward"][0], k=4, seed=seed + 1)
+    rankings += [{"prompt": row["prompt"], "responses": row["responses"]} for row in read_jsonl(comparisons_file)]
+    write_jsonl(Path(output_dir) / "data/reward/train.jsonl", rankings)
+    return len(rankings)
 
 
 def build_demo(output_dir: str | Path = "runs/demo", *, pretrain_steps: int = 300, pretrain_batch_size: int = 32,
@@ -56,6 +80,9 @@ def build_demo(output_dir: str | Path = "runs/demo", *, pretrain_steps: int = 30
         heldout = output_dir / "data/heldout/prompts.jsonl"
         if not heldout.is_file():  # a demo built before the held-out set existed: add it, nothing else changes
             write_jsonl(heldout, [{"prompt": p} for p in heldout_prompts(SIZES["heldout"], seed)])
+        rm_prompts = output_dir / "data/rm_prompts/train.jsonl"
+        if not rm_prompts.is_file():  # likewise for the reward model's sampling prompts
+            write_jsonl(rm_prompts, [{"prompt": p} for p in review_prompts(SIZES["rm_prompts"], seed + 3, "train")])
         return output_dir
     build_demo_data(output_dir, seed=seed)
     build_base_model(output_dir / "base", steps=pretrain_steps, batch_size=pretrain_batch_size, seed=seed)
@@ -68,7 +95,13 @@ def main() -> None:
     parser.add_argument("--pretrain_steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder already holds a demo")
+    parser.add_argument("--add_rankings", default=None, help="a label store's comparisons file: the reward train "
+                                                             "split becomes the corpus rankings plus these")
     args = parser.parse_args()
+    if args.add_rankings:
+        count = add_rankings(args.output_dir, args.add_rankings, seed=args.seed)
+        print(f"{args.output_dir}/data/reward/train.jsonl: {count} rankings (corpus + {args.add_rankings})")
+        return
     out = build_demo(args.output_dir, pretrain_steps=args.pretrain_steps, seed=args.seed, force=args.force)
     report = json.loads((out / "base" / "pretraining.json").read_text())
     print(f"demo base model in {out / 'base'}: {report}")

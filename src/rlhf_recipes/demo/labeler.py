@@ -20,6 +20,8 @@ the components below, squashed with ``2 * tanh(raw / 2)`` (monotonic, so ranking
    * Contrast: within a sentence the clause after ``but``/``however`` weighs 1.3, the clause before
      it 0.7 ("good but boring" is on balance negative, like people read it).
    * Each (word, negated) pair counts once: repeating "great" does not add sentiment.
+   * "love" in the film aspect "love story" is not a feeling and carries no sentiment (PPO on the demo learned to
+     praise "the love story" in nearly every review while it did: `benchmarks/results/ppo-generalisation.md`).
    * The total ``s`` is squashed: ``tanh(s / 1.5)``.
 
 2. **Fluency** (penalties, plus a small bonus for a finished sentence):
@@ -117,6 +119,7 @@ def _words(tokens: list[str]) -> list[str]:
 def sentiment_score(text: str) -> float:
     """Lexicon sentiment of ``text`` in ``[-1, 1]`` (see the module docstring for the rules)."""
     tokens = _tokens(text)
+    tokens = [t for t, after in zip(tokens, tokens[1:] + [""]) if not (t == "love" and after == "story")]
     # split into sentences, then into contrast segments ("... but ...")
     sentences: list[list[list[str]]] = [[[]]]
     for tok in tokens:
