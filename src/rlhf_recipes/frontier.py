@@ -11,9 +11,11 @@ from the SFT policy. This driver puts every method on one chart:
 * Best-of-n samples n = 1, 2, 4, ..., 64 responses per prompt from the SFT policy and keeps the reward model's
   favourite; its KL is the analytic `log n - (n-1)/n`.
 
-All points are evaluated on the same held-out prompts (the demo's test split), the same sampling seed, with
-evaluation.py's metrics: KL to SFT (sampled log-ratio), the reward model's score (proxy), the labeler's mean score
-and its per-prompt win rate against the SFT policy's response (gold), distinct-2 and mean words per response.
+All points are evaluated on the same prompts, 256 review openings from templates no stage trained on
+(`data/heldout/prompts.jsonl`), with the same sampling seed and evaluation.py's metrics: KL to SFT (sampled
+log-ratio), the reward model's score (proxy), the labeler's mean score and its per-prompt win rate against the SFT
+policy's response (gold), the win rates of two independent sentiment judges (VADER, AFINN: `demo/judges.py`), and
+distinct-2 and mean words per response.
 `wall_s` is the time from the start of the run to the checkpoint's save (training runs) or the sampling and
 scoring time (best-of-n). Output: `frontier.json` (a list of points), `frontier.png` and `frontier.md` (a table and
 the summary lines quoted in the README).
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from trl import ModelConfig
 
 from .best_of_n import best_of_n, best_of_n_kl
@@ -39,8 +42,8 @@ from .evaluation_metrics import distinct_n, markdown_table, mean_std, win_rate
 from .models import load_model, load_tokenizer, score_responses
 
 METHODS = ("ppo", "best_of_n", "grpo", "rloo")
-POINT_KEYS = ("method", "run", "kl", "proxy_reward", "gold_win_rate", "gold_score", "distinct_2", "mean_words",
-              "episodes", "wall_s", "n", "beta", "seed", "checkpoint")
+POINT_KEYS = ("method", "run", "kl", "proxy_reward", "gold_win_rate", "gold_score", "vader_win_rate", "afinn_win_rate",
+              "distinct_2", "mean_words", "episodes", "wall_s", "n", "beta", "seed", "checkpoint")
 
 
 @dataclass
@@ -52,9 +55,12 @@ class FrontierArguments:
     recipes_dir: str = field(default="recipes", metadata={"help": "Where ppo.py, grpo.py, rloo.py and demo/ live."})
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": "Subset of " + str(METHODS)})
     eval_prompts: str | None = field(default=None, metadata={
-        "help": "Prompts every point is evaluated on (a file or folder data.py reads; default: <demo_dir>/data/prompts)."})
-    eval_split: str = field(default="test", metadata={"help": "Split of eval_prompts (the demo's is held out)."})
-    num_prompts: int = field(default=64, metadata={"help": "Use the first N prompts of that split."})
+        "help": "Prompts every point is evaluated on (a file or folder data.py reads; default: the openings no stage "
+                "trained on, <demo_dir>/data/heldout/prompts.jsonl)."})
+    eval_split: str = field(default="train", metadata={"help": "Split of eval_prompts (a single file is 'train')."})
+    num_prompts: int = field(default=256, metadata={"help": "Use the first N prompts of that split."})
+    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={
+        "help": "Independent judges whose win rate vs SFT every point records (rlhf_recipes.demo.judges)."})
     episodes: int = field(default=2048, metadata={"help": "Episode budget of every training run (= the demo PPO)."})
     checkpoints: int = field(default=8, metadata={"help": "Checkpoints evaluated along each training run."})
     best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
@@ -83,7 +89,7 @@ class Judge:
         self.sft = self.load(demo / "sft")
         self.reward_model = load_model(self.model_args, self.tokenizer, kind="reward",
                                        model_name_or_path=str(demo / "reward"), apply_lora=False).eval()
-        source = args.eval_prompts or str(demo / "data/prompts")
+        source = args.eval_prompts or str(demo / "data/heldout/prompts.jsonl")
         dataset, _ = load_stage_dataset(ScriptArguments(dataset_name=source), "prompts")
         if args.eval_split not in dataset:
             raise ConfigError(f"{source} has no {args.eval_split!r} split (found {list(dataset)}); set --eval_split.")
@@ -107,30 +113,34 @@ class Judge:
         return [(row, samples[row["policy"]]) for row in rows]
 
     def point(self, row: dict[str, Any], texts: list[str], **extra: Any) -> dict[str, Any]:
+        from .demo.judges import judge_win_rates
+
         gold = self.gold(texts)
+        judged = judge_win_rates(self.args.judges, texts, self.sft_texts)
         return {"kl": row["kl_to_reference"], "proxy_reward": row["rm_score_mean"],
                 "gold_win_rate": win_rate(gold, self.sft_gold), "gold_score": mean_std(gold)[0],
+                **{f"{name}_win_rate": rate for name, rate in judged.items()},
                 "distinct_2": row["distinct_2"], "mean_words": mean_std([len(t.split()) for t in texts])[0], **extra}
 
 
-def best_of_n_points(judge: Judge, ns: Sequence[int]) -> list[dict[str, Any]]:
-    """One point per n: the SFT policy's best of n samples by the reward model (with the demo's EOS penalty)."""
+def best_of_n_points(judge: Judge, ns: Sequence[int], penalty: float) -> list[dict[str, Any]]:
+    """One point per n: the SFT policy's best of n samples by the reward model, which sees the missing-EOS penalty
+    of the demo's PPO recipe (`penalty`)."""
     points = []
     tok = judge.tokenizer
     for n in ns:
         result = best_of_n(judge.sft, judge.reward_model, tok, judge.prompts, n=n,
                            response_length=judge.args.response_length, seed=judge.args.seed,
-                           batch_size=min(judge.args.batch_size * n, 1024), missing_eos_penalty=1.0)
+                           batch_size=min(judge.args.batch_size * n, 1024), missing_eos_penalty=penalty)
         # Proxy = the plain normalised RM score, as evaluation.py reports it for every other method.
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in judge.prompts]
         proxy = score_responses(judge.reward_model, prompt_ids, result.response_ids, pad_token_id=tok.pad_token_id,
                                 eos_token_id=tok.eos_token_id)
-        gold = judge.gold(result.responses)
-        points.append({"method": "best_of_n", "run": "best_of_n", "kl": best_of_n_kl(n),
-                       "proxy_reward": proxy.mean().item(), "gold_win_rate": win_rate(gold, judge.sft_gold),
-                       "gold_score": mean_std(gold)[0], "distinct_2": distinct_n(result.response_ids, 2),
-                       "mean_words": mean_std([len(r.split()) for r in result.responses])[0],
-                       "episodes": n * len(judge.prompts), "wall_s": result.wall_s, "n": n})
+        row = {"kl_to_reference": best_of_n_kl(n), "rm_score_mean": proxy.mean().item(),
+               "distinct_2": distinct_n(result.response_ids, 2)}
+        points.append({"method": "best_of_n", "run": "best_of_n",
+                       **judge.point(row, result.responses, episodes=n * len(judge.prompts), wall_s=result.wall_s),
+                       "n": n})
     return points
 
 
@@ -180,7 +190,7 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
     demo, recipes = Path(args.demo_dir), Path(args.recipes_dir)
     out = Path(args.output_dir or demo / "frontier")
     out.mkdir(parents=True, exist_ok=True)
-    for needed in ("sft", "reward", "data/prompts"):
+    for needed in ("sft", "reward", "data/prompts", "data/heldout"):
         if not (demo / needed).exists():
             raise FileNotFoundError(f"{demo / needed} is missing: build the demo first (`make demo`).")
     torch.manual_seed(args.seed)
@@ -190,7 +200,8 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
               "--save_strategy", "steps", "--save_total_limit", "1000", "--report_to", "none"]
     points: list[dict[str, Any]] = []
     if "best_of_n" in args.methods:
-        points += best_of_n_points(judge, args.best_of_n)
+        ppo_recipe = yaml.safe_load((recipes / "demo/ppo.yaml").read_text())
+        points += best_of_n_points(judge, args.best_of_n, float(ppo_recipe.get("missing_eos_penalty") or 0.0))
     for seed in args.seeds:
         # One seed keeps the recipes' names; several add the seed to every run's name and folder.
         tag = "" if len(args.seeds) == 1 else f" seed={seed}"
@@ -236,9 +247,11 @@ def summary_lines(points: list[dict[str, Any]], thresholds: Sequence[float] = (0
         final = max((p for p in points if p["run"] == run), key=lambda p: p["episodes"])
         times = "; ".join(f"time to labeler score {t:g}: {_fmt_s(time_to(points, run, 'gold_score', t))}, to win "
                           f"rate {t:g}: {_fmt_s(time_to(points, run, 'gold_win_rate', t))}" for t in thresholds)
+        judged = "".join(f", {key[: -len('_win_rate')]} win rate {final[key]:.3f}" for key in final
+                         if key.endswith("_win_rate") and key != "gold_win_rate")
         lines.append(f"- {run}: final KL {final['kl']:.2f}, labeler score {final['gold_score']:.3f}, win rate vs SFT "
-                     f"{final['gold_win_rate']:.3f}, distinct-2 {final['distinct_2']:.3f}, {final['mean_words']:.1f} "
-                     f"words; {times}")
+                     f"{final['gold_win_rate']:.3f}{judged}, distinct-2 {final['distinct_2']:.3f}, "
+                     f"{final['mean_words']:.1f} words; {times}")
     bon = sorted((p for p in points if p["method"] == "best_of_n"), key=lambda p: p["n"])
     for threshold in thresholds:
         first = next((p for p in bon if p["gold_score"] >= threshold), None)
@@ -272,8 +285,8 @@ def write_frontier(out: Path, points: list[dict[str, Any]], thresholds: Sequence
 
     (out / "frontier.json").write_text(json.dumps(points, indent=2) + "\n")
     plot_frontier(points, out / "frontier.png")
-    columns = ["run", "episodes", "kl", "proxy_reward", "gold_score", "gold_win_rate", "distinct_2", "mean_words",
-               "wall_s"]
+    columns = ["run", "episodes", "kl", "proxy_reward", "gold_score", "gold_win_rate", "vader_win_rate",
+               "afinn_win_rate", "distinct_2", "mean_words", "wall_s"]
     (out / "frontier.md").write_text("# Frontier\n\n" + "\n".join(summary_lines(points, thresholds)) + "\n\n"
                                      + markdown_table(points, columns) + "\n")
 

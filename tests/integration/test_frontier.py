@@ -12,8 +12,8 @@ from stage_runs import reward_model_dir
 from rlhf_recipes.frontier import FrontierArguments, run_frontier, summary_lines, time_to
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-KEYS = {"method", "run", "kl", "proxy_reward", "gold_win_rate", "gold_score", "distinct_2", "mean_words", "episodes",
-        "wall_s"}
+KEYS = {"method", "run", "kl", "proxy_reward", "gold_win_rate", "gold_score", "vader_win_rate", "afinn_win_rate",
+        "distinct_2", "mean_words", "episodes", "wall_s"}
 
 
 def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, sft_dir, tmp_path):
@@ -40,7 +40,7 @@ def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, s
     assert len(sft_points) == 3 and len(trained) == 3  # one run per method, one checkpoint each
     # Best-of-1 is the SFT policy's own sample (same prompts, same seed) as the baseline every point is judged by.
     for p in [bon[1], *sft_points]:
-        assert p["kl"] == 0 and p["gold_win_rate"] == 0.5
+        assert p["kl"] == 0 and p["gold_win_rate"] == p["vader_win_rate"] == p["afinn_win_rate"] == 0.5
         assert p["gold_score"] == pytest.approx(bon[1]["gold_score"]) and p["mean_words"] == bon[1]["mean_words"]
     assert bon[2]["kl"] == pytest.approx(math.log(2) - 0.5) and bon[2]["episodes"] == 8
     for p in trained:  # every training run spent the same budget and moved away from SFT

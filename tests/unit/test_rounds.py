@@ -17,3 +17,21 @@ def test_rounds_table_has_one_row_per_round():
                                                 "rm_accuracy_on_policy_after": 0.9}])
     lines = table.splitlines()
     assert len(lines) == 4 and "0.70 -> 0.90" in lines[3] and "- -> -" in lines[2]
+
+
+def test_rounds_table_reports_every_recorded_judge_but_the_labeler_once():
+    row = {"round": 0, "comparisons": 10, "rm_accuracy_on_policy_before": None, "rm_accuracy_on_policy_after": None,
+           "labeler_win_rate": 0.75, "vader_win_rate": 0.8125, "afinn_win_rate": 0.5, "kl": 3.0, "distinct_2": 0.6,
+           "distinct_2_sft": 0.8, "mean_words": 8.0, "mean_words_sft": 10.0}
+    head, _, cells = rounds_table([row]).splitlines()
+    assert head.count("win rate") == 3 and "afinn win rate | vader win rate" in head
+    assert "| 0.75 | 0.50 | 0.81 |" in cells
+
+
+def test_each_round_starts_ppo_at_the_kl_coefficient_the_last_run_ended_with(tmp_path):
+    from rlhf_recipes.feedback.rounds import _kl_coef_flags
+
+    (tmp_path / "stage_metrics.json").write_text('{"objective/kl_coef": 0.0731, "objective/kl": 5.0}')
+    assert _kl_coef_flags(str(tmp_path), carry=True) == ["--kl_coef", "0.0731"]
+    assert _kl_coef_flags(str(tmp_path), carry=False) == []  # the recipe's own kl_coef
+    assert _kl_coef_flags(str(tmp_path / "missing"), carry=True) == []

@@ -7,13 +7,14 @@ Round 0 is the demo's one-shot PPO policy. Each round r then
   3. retrains the RM from the SFT checkpoint on all comparisons so far (the demo's original rankings plus every
      round's, minus each round's held-out items) with recipes/reward.py;
   4. continues PPO from the current policy (the KL reference stays SFT) with the new RM, recipes/ppo.py;
-  5. evaluates on the demo's held-out prompts against SFT (`evaluate_policies`).
+  5. evaluates against SFT on the demo's held-out openings, which no stage trained on (`data/heldout`, templates that
+     no training split uses), with `evaluate_policies`: the labeler and two independent judges (`judges`).
 `rm_accuracy_on_policy_before/after` is the pairwise accuracy, against the labeler, of the old and the new RM on
 the held-out part of the round's samples: the current policy's answers, which the old RM never saw (the
 distribution shift that iteration is meant to fix).
 
-Other judges (issue 15's independent judges) plug in through `JUDGES`: name -> score(prompt, response); each adds
-`<name>_win_rate` (vs SFT) to every round.
+Each judge (the simulated labeler, and VADER and AFINN from `rlhf_recipes.demo.judges`, which share nothing with
+the labeler or the RM) adds `<name>_win_rate` against SFT to every round.
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-Judge = Callable[[str, str], float]
-JUDGES: dict[str, Judge] = {}  # hook: independent judges (not the labeler, not the RM) to report per round
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -49,17 +47,19 @@ class RoundsArguments:
     ppo_kl_horizon: int = field(default=256, metadata={"help": "Adaptive-KL horizon (episodes) of each round's "
                                                                 "PPO: short, so beta adapts within a round."})
     ppo_carry_kl_coef: bool = field(default=True, metadata={"help": "Start each round's KL coefficient where the "
-                                                                    "last PPO run ended (false: the recipe's 0.2)."})
-    eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the evaluation."})
+                                                                    "last PPO run ended (false: the recipe's kl_coef)."})
+    eval_prompts: int = field(default=256, metadata={"help": "Held-out openings (`data/heldout`) for the evaluation."})
+    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={
+        "help": "Independent judges reported per round besides the labeler (rlhf_recipes.demo.judges)."})
     seed: int = field(default=0, metadata={"help": "Seeds prompts, sampling and training."})
 
 
-def _last_kl_coef(policy_path: str, default: float = 0.2) -> float:
-    """The adaptive KL coefficient a PPO run ended with (its stage_metrics.json)."""
+def _kl_coef_flags(policy_path: str, carry: bool) -> list[str]:
+    """`--kl_coef` at the adaptive KL coefficient the last PPO run ended with (its stage_metrics.json), or no flag
+    (the recipe's own) when not carrying it over or when the run did not record one."""
     metrics = Path(policy_path) / "stage_metrics.json"
-    if metrics.is_file():
-        return float(json.loads(metrics.read_text()).get("objective/kl_coef", default))
-    return default
+    coef = json.loads(metrics.read_text()).get("objective/kl_coef") if carry and metrics.is_file() else None
+    return [] if coef is None else ["--kl_coef", str(float(coef))]
 
 
 def _run(recipe: str, argv: list[str]):
@@ -95,31 +95,28 @@ def _rm_accuracy(reward_path: str | Path, items: list[tuple[str, list[str], list
     return correct / total
 
 
-def _evaluate(policy_path: str, sft_path: str, prompts: list[str], seed: int) -> dict[str, Any]:
+def _evaluate(policy_path: str, sft_path: str, prompts: list[str], seed: int, judges: list[str]) -> dict[str, Any]:
     from trl import ModelConfig
 
-    from ..demo.labeler import labeler_score
     from ..evaluation import EvalArguments, evaluate_policies
     from ..models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(sft_path, padding_side="left")
-    args = EvalArguments(num_prompts=len(prompts), response_length=24, seed=seed + 1234)
+    args = EvalArguments(num_prompts=len(prompts), response_length=24, seed=seed + 1234, simulated_labeler=True,
+                         judges=list(judges))
     load = lambda path: load_model(ModelConfig(model_name_or_path=path, dtype="float32"), tokenizer,  # noqa: E731
                                    apply_lora=False).eval()
     sft = load(sft_path)
-    rows, samples = evaluate_policies({"sft": sft, "policy": load(policy_path)}, tokenizer, prompts,
-                                      reward_model=None, reference=sft, args=args)
-    policy_row = rows[1]
-    out = {"kl": policy_row["kl_to_reference"], "distinct_2": policy_row["distinct_2"],
-           "distinct_2_sft": rows[0]["distinct_2"],
-           "mean_words": sum(len(t.split()) for t in samples["policy"]) / len(prompts),
-           "mean_words_sft": sum(len(t.split()) for t in samples["sft"]) / len(prompts)}
-    judges: dict[str, Judge] = {"labeler": labeler_score, **JUDGES}
-    for name, judge in judges.items():
-        wins = [(lambda a, b: 1.0 if a > b else 0.5 if a == b else 0.0)(judge(p, x), judge(p, y))
-                for p, x, y in zip(prompts, samples["policy"], samples["sft"])]
-        out[f"{name}_win_rate"] = sum(wins) / len(wins)
-    return out
+    (sft_row, row), _ = evaluate_policies({"sft": sft, "policy": load(policy_path)}, tokenizer, prompts,
+                                          reward_model=None, reference=sft, args=args)
+    return {"kl": row["kl_to_reference"], "distinct_2": row["distinct_2"], "distinct_2_sft": sft_row["distinct_2"],
+            "mean_words": row["mean_words"], "mean_words_sft": sft_row["mean_words"],
+            **{f"{name}_win_rate": row[f"{name}_win_vs_first"] for name in ["labeler", *judges]}}
+
+
+def _judge_names(rounds: list[dict[str, Any]]) -> list[str]:
+    """The independent judges recorded in `rounds` (every `<name>_win_rate` but the labeler's)."""
+    return sorted({key[: -len("_win_rate")] for r in rounds for key in r if key.endswith("_win_rate")} - {"labeler"})
 
 
 def _plot(rounds: list[dict[str, Any]], path: Path) -> None:
@@ -135,7 +132,7 @@ def _plot(rounds: list[dict[str, Any]], path: Path) -> None:
     axes[0].set_title("RM accuracy on the policy's answers")
     axes[0].legend(fontsize=8)
     axes[1].plot(x, [r["labeler_win_rate"] for r in rounds], "o-", label="labeler win rate vs SFT")
-    for name in JUDGES:
+    for name in _judge_names(rounds):
         axes[1].plot(x, [r[f"{name}_win_rate"] for r in rounds], "o--", label=f"{name} win rate vs SFT")
     axes[1].set_title("Win rate vs SFT (held-out prompts)")
     axes[1].legend(fontsize=8)
@@ -164,7 +161,7 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
     demo, out = Path(args.demo_dir), Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     sft, policy, reward = str(demo / "sft"), str(demo / "ppo"), str(demo / "reward")
-    eval_prompts = [r["prompt"] for r in read_jsonl(demo / "data/prompts/test.jsonl")][: args.eval_prompts]
+    eval_prompts = [r["prompt"] for r in read_jsonl(demo / "data/heldout/prompts.jsonl")][: args.eval_prompts]
     base_rankings = read_jsonl(demo / "data/reward/train.jsonl")
     samples_file, comparisons_file = out / "samples.jsonl", out / "comparisons.jsonl"
     results_file = out / "rounds.json"
@@ -173,7 +170,8 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
         start = time.time()
         rounds.append({"round": 0, "comparisons": len(base_rankings), "policy_path": policy,
                        "rm_accuracy_on_policy_before": None, "rm_accuracy_on_policy_after": None,
-                       **_evaluate(policy, sft, eval_prompts, args.seed), "seconds": round(time.time() - start, 1)})
+                       **_evaluate(policy, sft, eval_prompts, args.seed, args.judges),
+                       "seconds": round(time.time() - start, 1)})
         results_file.write_text(json.dumps(rounds, indent=2) + "\n")
     else:  # resume after the last finished round
         policy, reward = rounds[-1]["policy_path"], rounds[-1].get("reward_path", reward)
@@ -228,14 +226,14 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
                      "--output_dir", new_policy, "--total_episodes", str(args.ppo_episodes),
                      "--save_strategy", "no", "--num_sample_generations", "0", "--seed", str(args.seed + r),
                      "--target_kl", str(args.ppo_target_kl or rounds[0]["kl"]),
+                     "--kl_horizon", str(args.ppo_kl_horizon),
                      # beta carries on from where the last PPO run left it, and adapts within a round
-                     "--kl_coef", str(_last_kl_coef(policy) if args.ppo_carry_kl_coef else 0.2),
-                     "--kl_horizon", str(args.ppo_kl_horizon)])
+                     *_kl_coef_flags(policy, args.ppo_carry_kl_coef)])
         # 5. evaluate
         policy, reward = new_policy, new_reward
         rounds.append({"round": r, "comparisons": len(train), "policy_path": policy, "reward_path": reward,
                        "rm_accuracy_on_policy_before": before, "rm_accuracy_on_policy_after": after,
-                       **_evaluate(policy, sft, eval_prompts, args.seed), "held_out_ids": sorted(held_ids),
+                       **_evaluate(policy, sft, eval_prompts, args.seed, args.judges), "held_out_ids": sorted(held_ids),
                        "seconds": round(time.time() - start, 1)})
         results_file.write_text(json.dumps(rounds, indent=2) + "\n")
         _plot(rounds, out / "rounds.png")
@@ -247,7 +245,7 @@ def rounds_table(rounds: list[dict[str, Any]]) -> str:
     def f(value, digits=2):
         return "-" if value is None else f"{value:.{digits}f}"
 
-    extra = list(JUDGES)
+    extra = _judge_names(rounds)
     head = ["round", "comparisons", "RM acc. on policy (before -> after)", "labeler win rate vs SFT",
             *[f"{j} win rate" for j in extra], "KL to SFT", "distinct-2 (SFT)", "mean words (SFT)", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
