@@ -76,22 +76,29 @@ def save_stage(
 ) -> Path:
     """Save the trained model with its tokenizer, metrics, data report and model card, and push when asked."""
     output_dir = Path(trainer.args.output_dir)
-    # `_internal_call`: no "Model save" push yet, the folder is not complete (card, metrics, reports).
-    trainer.save_model(str(output_dir), _internal_call=True)
-    if trainer.accelerator.is_main_process:
-        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # logs for plots, also without checkpoints
-        trainer.processing_class.save_pretrained(output_dir)
-        if reports:
-            save_reports(reports, output_dir)
-        write_stage_metrics(output_dir, {"stage": stage, **metrics})
-        if getattr(model_args, "use_peft", False) and getattr(script_args, "merge_adapter", False):
-            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-            policy = getattr(unwrapped, "policy", unwrapped)  # PPO trains the policy and value model as one module
-            merge_adapter(policy, trainer.processing_class, output_dir / "merged")
-        from .model_card import write_model_card
+    try:
+        # `_internal_call`: no "Model save" push yet, the folder is not complete (card, metrics, reports).
+        trainer.save_model(str(output_dir), _internal_call=True)
+        if trainer.accelerator.is_main_process:
+            trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # logs for plots, also w/o checkpoints
+            trainer.processing_class.save_pretrained(output_dir)
+            if reports:
+                save_reports(reports, output_dir)
+            write_stage_metrics(output_dir, {"stage": stage, **metrics})
+            if getattr(model_args, "use_peft", False) and getattr(script_args, "merge_adapter", False):
+                unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+                policy = getattr(unwrapped, "policy", unwrapped)  # PPO trains policy and value model as one module
+                merge_adapter(policy, trainer.processing_class, output_dir / "merged")
+            from .model_card import write_model_card
 
-        write_model_card(output_dir, stage=stage, script_args=script_args, model_args=model_args,
-                         training_args=trainer.args, metrics=metrics, command=" ".join(sys.argv))
+            write_model_card(output_dir, stage=stage, script_args=script_args, model_args=model_args,
+                             training_args=trainer.args, metrics=metrics, command=" ".join(sys.argv))
+    except OSError as err:  # disk full, permissions: the training is done, its checkpoints are what is left
+        last = latest_checkpoint(output_dir)
+        keep = (f"The last checkpoint, {last}, is intact: fix the cause and rerun with `--resume_from_checkpoint "
+                f"latest` to save from it." if last else "No checkpoint was saved (`save_strategy`), so the "
+                "training has to be rerun once the cause is fixed.")
+        raise CheckpointError(f"Could not write the final {stage} model to {output_dir}: {err}. {keep}") from err
     if trainer.args.push_to_hub:
         trainer.accelerator.wait_for_everyone()
         if trainer.accelerator.is_main_process:

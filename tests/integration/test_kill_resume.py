@@ -168,3 +168,30 @@ def test_a_save_that_fails_keeps_the_previous_checkpoint_and_says_why(error, wor
     assert checkpoint_problems(out / "checkpoint-2") == []
     # train() ended by an exception, without on_train_end: the signal handlers are the previous ones again.
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers_before
+
+
+def test_a_final_save_that_fails_is_a_user_error_that_points_at_the_last_checkpoint(demo_dir, tmp_path, monkeypatch):
+    from stage_runs import sft_args
+    from transformers import Trainer
+
+    original = Trainer.save_model
+
+    def disk_full_at_the_end(self, output_dir=None, _internal_call=False):
+        if "checkpoint-" not in str(output_dir):  # checkpoints save fine, the final model does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(Trainer, "save_model", disk_full_at_the_end)
+    out = tmp_path / "final-full"
+    with pytest.raises(CheckpointError) as err:
+        run_recipe("sft", sft_args(demo_dir, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+                                   "--eval_strategy", "no"))
+    message = str(err.value)
+    assert f"Could not write the final sft model to {out}" in message and "No space left on device" in message
+    assert f"The last checkpoint, {out / 'checkpoint-2'}, is intact" in message
+    assert "--resume_from_checkpoint latest" in message and checkpoint_problems(out / "checkpoint-2") == []
+    # as the message says: the same command, resumed from that checkpoint, writes the final model
+    monkeypatch.setattr(Trainer, "save_model", original)
+    run_recipe("sft", sft_args(demo_dir, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+                               "--eval_strategy", "no", "--resume_from_checkpoint", "latest"))
+    assert (out / "model.safetensors").is_file() and (out / "stage_metrics.json").is_file()
