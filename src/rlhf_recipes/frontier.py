@@ -262,10 +262,12 @@ def summary_lines(points: list[dict[str, Any]], thresholds: Sequence[float] = (0
         final = max((p for p in points if p["run"] == run), key=lambda p: p["episodes"])
         others = [p for p in points if p["method"] in ("grpo", "rloo") and p["kl"] >= final["kl"]]
         best = max(others, key=lambda p: p["gold_win_rate"], default=None)
+        head = f"- {run} at its final KL {final['kl']:.2f}: win rate {final['gold_win_rate']:.3f}; "
         if best is not None:
-            lines.append(f"- {run} at its final KL {final['kl']:.2f}: win rate {final['gold_win_rate']:.3f}; the best "
-                         f"GRPO/RLOO point at equal or higher KL: {best['run']} at {best['episodes']} episodes, KL "
-                         f"{best['kl']:.2f}, win rate {best['gold_win_rate']:.3f}")
+            lines.append(f"{head}the best GRPO/RLOO point at equal or higher KL: {best['run']} at {best['episodes']} "
+                         f"episodes, KL {best['kl']:.2f}, win rate {best['gold_win_rate']:.3f}")
+        elif any(p["method"] in ("grpo", "rloo") for p in points):
+            lines.append(f"{head}no GRPO/RLOO point reaches that KL")
     if len({p.get("seed") for p in points if p["method"] != "best_of_n"}) > 1:
         for run in sorted({p["run"].rsplit(" seed=", 1)[0] for p in points if p["method"] != "best_of_n"}):
             finals = [max((p for p in points if p["run"] == r), key=lambda p: p["episodes"])

@@ -67,6 +67,8 @@ def test_time_to_threshold_and_summary_compare_ppo_with_grpo_at_equal_kl():
     # Only GRPO/RLOO points at KL >= PPO's final 3.0 compete: "grpo c" (KL 2.9) does not.
     assert lines[-1] == ("- ppo at its final KL 3.00: win rate 0.900; the best GRPO/RLOO point at equal or higher KL: "
                          "grpo b at 2048 episodes, KL 5.00, win rate 0.850")
+    far = [p for p in points if p["method"] != "grpo" or p["kl"] < 3.0]  # no GRPO/RLOO point reaches PPO's KL
+    assert summary_lines(far)[-1] == "- ppo at its final KL 3.00: win rate 0.900; no GRPO/RLOO point reaches that KL"
     # Several seeds: each run's final points are averaged over its seeds.
     seeded = [{**p, "run": p["run"] + f" seed={seed}", "seed": seed} for seed in (1, 2) for p in points
               if p["method"] == "ppo"]

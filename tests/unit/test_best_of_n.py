@@ -35,10 +35,13 @@ def test_shipped_recipes_parse_and_keep_the_demo_ppo_budget(recipe, configs):
     for name in configs:
         assert check_config_keys(REPO / f"recipes/{name}/{recipe}.yaml", module.DATACLASSES)
     _, args, _ = parse_recipe_args(module.DATACLASSES, ["--config", str(REPO / f"recipes/demo/{recipe}.yaml")])
-    if recipe == "best_of_n":
+    if recipe == "best_of_n":  # selects by the reward PPO optimises
+        ppo = yaml.safe_load((REPO / "recipes/demo/ppo.yaml").read_text())
         assert args.n == 16 and args.response_length == 24
+        assert args.missing_eos_penalty == ppo["missing_eos_penalty"]
     else:  # same episodes, response length and penalty as recipes/demo/ppo.yaml
         assert args.max_steps * args.per_device_train_batch_size == 2048
         ppo = yaml.safe_load((REPO / "recipes/demo/ppo.yaml").read_text())
         assert args.max_completion_length == ppo["response_length"] == 24
-        assert args.missing_eos_penalty == ppo["missing_eos_penalty"]
+        # PPO's recipe dropped the missing-EOS penalty; GRPO and RLOO keep theirs, with which they win more
+        assert args.missing_eos_penalty == 1.0 and ppo["missing_eos_penalty"] == 0.0
