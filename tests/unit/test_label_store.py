@@ -251,3 +251,20 @@ def test_store_rankings_join_the_demo_reward_split_and_load_as_rankings(tmp_path
     assert train.column_names == ["prompt", "responses"]
     assert train[-1] == {"prompt": "Western number 1 was", "responses": [answers[2], answers[0], answers[1]]}
     assert len(train[0]["responses"]) == 4  # the corpus rankings come first
+
+
+def test_adding_rankings_refuses_a_missing_file_or_a_bad_row_by_its_line(tmp_path):
+    from rlhf_recipes.data import DataError
+    from rlhf_recipes.demo.build import add_rankings
+
+    with pytest.raises(DataError, match="no such rankings file"):
+        add_rankings(tmp_path / "demo", tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n"
+                   + json.dumps({"prompt": "p", "responses": ["only one"]}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2: a ranking needs"):
+        add_rankings(tmp_path / "demo", bad)
+    assert not (tmp_path / "demo/data/reward/train.jsonl").exists()  # nothing written
+    done = subprocess.run([sys.executable, "-m", "rlhf_recipes.demo.build", "--output_dir", str(tmp_path / "demo"),
+                           "--add_rankings", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2 and "line 2" in done.stderr and "Traceback" not in done.stderr

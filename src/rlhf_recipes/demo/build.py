@@ -63,10 +63,20 @@ def add_rankings(output_dir: str | Path, comparisons_file: str | Path, seed: int
     answers badly. `comparisons_file` is a label store's file (`feedback.simulated` writes it). Rewriting the corpus
     part from the seed makes a rerun give the same file. Returns the number of rows written.
     """
-    from ..data import read_jsonl
+    from ..data import DataError, read_jsonl
 
+    if not Path(comparisons_file).is_file():
+        raise DataError(f"{comparisons_file}: no such rankings file (a label store's comparisons.jsonl, which "
+                        "`python -m rlhf_recipes.feedback.simulated` or the labeling app writes).")
+    lines: list[int] = []
+    rows = read_jsonl(comparisons_file, lines)
+    for row, line in zip(rows, lines):
+        if not (isinstance(row.get("prompt"), str) and isinstance(row.get("responses"), list)
+                and len(row["responses"]) >= 2):
+            raise DataError(f"{comparisons_file}, line {line}: a ranking needs a 'prompt' string and a 'responses' "
+                            "list of at least 2, best first. Fix or remove the line.")
     rankings = ranked_comparisons(SIZES["reward"][0], k=4, seed=seed + 1)
-    rankings += [{"prompt": row["prompt"], "responses": row["responses"]} for row in read_jsonl(comparisons_file)]
+    rankings += [{"prompt": row["prompt"], "responses": row["responses"]} for row in rows]
     write_jsonl(Path(output_dir) / "data/reward/train.jsonl", rankings)
     return len(rankings)
 
@@ -99,7 +109,12 @@ def main() -> None:
                                                              "split becomes the corpus rankings plus these")
     args = parser.parse_args()
     if args.add_rankings:
-        count = add_rankings(args.output_dir, args.add_rankings, seed=args.seed)
+        from ..config import UserError
+
+        try:
+            count = add_rankings(args.output_dir, args.add_rankings, seed=args.seed)
+        except UserError as err:
+            parser.error(str(err))  # exit code 2, no traceback
         print(f"{args.output_dir}/data/reward/train.jsonl: {count} rankings (corpus + {args.add_rankings})")
         return
     out = build_demo(args.output_dir, pretrain_steps=args.pretrain_steps, seed=args.seed, force=args.force)
