@@ -11,7 +11,7 @@ from trl import ModelConfig
 from rlhf_recipes.config import ConfigError, ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset, resolve_template, tokenize_prompts, tokenize_texts
 from rlhf_recipes.host_memory import keep_freed_memory
-from rlhf_recipes.models import check_lengths, check_same_tokenizer, load_model, load_tokenizer
+from rlhf_recipes.models import check_lengths, load_model, load_policy_tokenizer
 from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
 from rlhf_recipes.ppo import PPOConfig, PPOTrainer
 
@@ -21,12 +21,8 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     if not training_args.reward_model_path:
         raise ConfigError("PPO needs a reward model: set `reward_model_path` (the reward stage's output folder).")
-    sft_path = training_args.sft_model_path or model_args.model_name_or_path
-    model_args.model_name_or_path = sft_path
+    sft_path, tokenizer = load_policy_tokenizer(script_args, training_args, model_args)
     remote = training_args.trust_remote_code
-    tokenizer = load_tokenizer(sft_path, revision=model_args.model_revision, trust_remote_code=remote,
-                               padding_side="left", conversation_template=script_args.conversation_template)
-    check_same_tokenizer(tokenizer, training_args.reward_model_path, trust_remote_code=remote)
     # Every model reads prompt + response: the smallest context of the three bounds it.
     context = check_lengths(training_args, [sft_path, training_args.reward_model_path, training_args.value_model_path],
                             stage="PPO", generation=(None, "response_length"), revision=model_args.model_revision,

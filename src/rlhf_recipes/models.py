@@ -486,3 +486,16 @@ def check_same_tokenizer(tokenizer: PreTrainedTokenizerBase, other_name_or_path:
             f"The tokenizer of {other_name_or_path} differs from the policy's ({len(other)} vs {len(tokenizer)} "
             "tokens, or different ids). Train the reward model from the same SFT checkpoint as the policy."
         )
+
+
+def load_policy_tokenizer(script_args, training_args, model_args) -> tuple[str, PreTrainedTokenizerBase]:
+    """The online stages' policy start (PPO, GRPO, RLOO): the SFT checkpoint (`sft_model_path`, else
+    `model_name_or_path`, which then names it too) and its tokenizer, left-padded for generation, rendering with the
+    recipe's `conversation_template`, and checked against the reward model's."""
+    sft_path = training_args.sft_model_path or model_args.model_name_or_path
+    model_args.model_name_or_path = sft_path
+    remote = training_args.trust_remote_code
+    tokenizer = load_tokenizer(sft_path, revision=model_args.model_revision, trust_remote_code=remote,
+                               padding_side="left", conversation_template=script_args.conversation_template)
+    check_same_tokenizer(tokenizer, training_args.reward_model_path, trust_remote_code=remote)
+    return sft_path, tokenizer

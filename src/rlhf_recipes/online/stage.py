@@ -19,7 +19,7 @@ from trl import ModelConfig
 
 from ..data import encode_text, load_stage_dataset
 from ..host_memory import keep_freed_memory
-from ..models import check_lengths, check_same_tokenizer, load_model, load_tokenizer, lora_config, score_responses
+from ..models import check_lengths, load_model, load_policy_tokenizer, lora_config, score_responses
 from ..outputs import check_hub_token, resolve_resume_checkpoint, save_stage
 from .config import RewardModelArguments
 
@@ -62,12 +62,8 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
     check_hub_token(training_args)
     training_args.check_reward_model()
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
-    sft_path = training_args.sft_model_path or model_args.model_name_or_path
-    model_args.model_name_or_path = sft_path
+    sft_path, tokenizer = load_policy_tokenizer(script_args, training_args, model_args)
     remote = training_args.trust_remote_code
-    tokenizer = load_tokenizer(sft_path, revision=model_args.model_revision, trust_remote_code=remote,
-                               padding_side="left", conversation_template=script_args.conversation_template)
-    check_same_tokenizer(tokenizer, training_args.reward_model_path, trust_remote_code=remote)
     # The one length check every stage uses: the policy and the reward model both read prompt + completion.
     context = check_lengths(training_args, [sft_path, training_args.reward_model_path], stage=stage.upper(),
                             generation=(None, "max_completion_length"), revision=model_args.model_revision,
