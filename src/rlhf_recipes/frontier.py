@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from trl import ModelConfig
 
 from .best_of_n import best_of_n, best_of_n_kl
 from .config import ConfigError, ScriptArguments, load_recipe_module, parse_recipe_args
 from .data import load_stage_dataset
+from .demo.judges import judge_scores
 from .evaluation import EvalArguments, evaluate_policies
 from .evaluation_metrics import distinct_n, markdown_table, mean_std, win_rate
 from .models import load_model, load_tokenizer, score_responses
@@ -94,11 +94,14 @@ class Judge:
         if args.eval_split not in dataset:
             raise ConfigError(f"{source} has no {args.eval_split!r} split (found {list(dataset)}); set --eval_split.")
         self.prompts = dataset[args.eval_split]["prompt"][: args.num_prompts]
+        # The labeler and the judges score in `point`, against SFT's responses (evaluation.py's win rates would be
+        # against the first policy of each call, i.e. the checkpoint itself).
         self.eval_args = EvalArguments(num_prompts=len(self.prompts), response_length=args.response_length,
-                                       batch_size=args.batch_size, seed=args.seed, simulated_labeler=True)
-        # Every point's gold win rate is against these SFT responses (same prompts, same seed).
+                                       batch_size=args.batch_size, seed=args.seed)
+        # Every point's gold and judge win rates are against these SFT responses (same prompts, same seed).
         self.sft_row, self.sft_texts = self.evaluate({"sft": self.sft})[0]
         self.sft_gold = self.gold(self.sft_texts)
+        self.sft_judged = {name: judge_scores(name, self.sft_texts) for name in args.judges}
 
     def load(self, path: str | Path):
         return load_model(self.model_args, self.tokenizer, model_name_or_path=str(path), apply_lora=False).eval()
@@ -107,19 +110,17 @@ class Judge:
         return [self.labeler(p, t) for p, t in zip(self.prompts, texts)]
 
     def evaluate(self, policies: dict[str, Any]) -> list[tuple[dict[str, Any], list[str]]]:
-        """evaluation.py's rows (KL to SFT, RM score, distinct-2, labeler) and the decoded responses per policy."""
+        """evaluation.py's rows (KL to SFT, RM score, distinct-2) and the decoded responses per policy."""
         rows, samples = evaluate_policies(policies, self.tokenizer, self.prompts, reward_model=self.reward_model,
                                           reference=self.sft, args=self.eval_args)
         return [(row, samples[row["policy"]]) for row in rows]
 
     def point(self, row: dict[str, Any], texts: list[str], **extra: Any) -> dict[str, Any]:
-        from .demo.judges import judge_win_rates
-
         gold = self.gold(texts)
-        judged = judge_win_rates(self.args.judges, texts, self.sft_texts)
         return {"kl": row["kl_to_reference"], "proxy_reward": row["rm_score_mean"],
                 "gold_win_rate": win_rate(gold, self.sft_gold), "gold_score": mean_std(gold)[0],
-                **{f"{name}_win_rate": rate for name, rate in judged.items()},
+                **{f"{name}_win_rate": win_rate(judge_scores(name, texts), sft_scores)
+                   for name, sft_scores in self.sft_judged.items()},
                 "distinct_2": row["distinct_2"], "mean_words": mean_std([len(t.split()) for t in texts])[0], **extra}
 
 
@@ -200,8 +201,10 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
               "--save_strategy", "steps", "--save_total_limit", "1000", "--report_to", "none"]
     points: list[dict[str, Any]] = []
     if "best_of_n" in args.methods:
-        ppo_recipe = yaml.safe_load((recipes / "demo/ppo.yaml").read_text())
-        points += best_of_n_points(judge, args.best_of_n, float(ppo_recipe.get("missing_eos_penalty") or 0.0))
+        # The recipe as PPO parses it, so that a key the YAML leaves out has PPOConfig's default.
+        ppo = load_recipe_module(recipes / "ppo.py")
+        _, ppo_args, _ = parse_recipe_args(ppo.DATACLASSES, ["--config", str(recipes / "demo/ppo.yaml")])
+        points += best_of_n_points(judge, args.best_of_n, ppo_args.missing_eos_penalty or 0.0)
     for seed in args.seeds:
         # One seed keeps the recipes' names; several add the seed to every run's name and folder.
         tag = "" if len(args.seeds) == 1 else f" seed={seed}"
