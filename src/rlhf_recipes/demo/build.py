@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .base import build_base_model
@@ -35,21 +36,31 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _corpus_rankings(seed: int) -> list[dict]:
+    return ranked_comparisons(SIZES["reward"][0], k=4, seed=seed + 1)
+
+
+# Files added to the demo after its first release: `build_demo` writes them into an older demo folder too.
+ADDED_LATER: dict[str, Callable[[int], list[dict]]] = {
+    "heldout/prompts.jsonl": lambda seed: [{"prompt": p} for p in heldout_prompts(SIZES["heldout"], seed)],
+    "rm_prompts/train.jsonl": lambda seed: [{"prompt": p}
+                                            for p in review_prompts(SIZES["rm_prompts"], seed + 3, "train")],
+}
+
+
 def build_demo_data(output_dir: str | Path, seed: int = 0) -> Path:
     data = Path(output_dir) / "data"
     n_train, n_test = SIZES["sft"]
     write_jsonl(data / "sft/train.jsonl", sft_demonstrations(n_train, seed=seed))
     write_jsonl(data / "sft/test.jsonl", sft_demonstrations(n_test, seed=seed + 1000))
-    n_train, n_test = SIZES["reward"]
-    write_jsonl(data / "reward/train.jsonl", ranked_comparisons(n_train, k=4, seed=seed + 1))
-    write_jsonl(data / "reward/test.jsonl", ranked_comparisons(n_test, k=4, seed=seed + 1001))
+    write_jsonl(data / "reward/train.jsonl", _corpus_rankings(seed))
+    write_jsonl(data / "reward/test.jsonl", ranked_comparisons(SIZES["reward"][1], k=4, seed=seed + 1001))
     n_train, n_test = SIZES["prompts"]
     write_jsonl(data / "prompts/train.jsonl", [{"prompt": p} for p in review_prompts(n_train, seed, "train")])
     write_jsonl(data / "prompts/test.jsonl", [{"prompt": p} for p in review_prompts(n_test, seed, "eval")])
     write_jsonl(data / "ptx/train.jsonl", [{"text": t} for t in ptx_texts(SIZES["ptx"], seed=seed + 2)])
-    write_jsonl(data / "heldout/prompts.jsonl", [{"prompt": p} for p in heldout_prompts(SIZES["heldout"], seed)])
-    write_jsonl(data / "rm_prompts/train.jsonl", [{"prompt": p} for p in review_prompts(SIZES["rm_prompts"], seed + 3,
-                                                                                         "train")])
+    for name, rows in ADDED_LATER.items():
+        write_jsonl(data / name, rows(seed))
     return data
 
 
@@ -59,24 +70,24 @@ def add_rankings(output_dir: str | Path, comparisons_file: str | Path, seed: int
     InstructGPT's reward model learns rankings of the policy's own samples; the demo's corpus rankings compare
     continuations written by the corpus generator, which the SFT model's answers only resemble. Trained on the
     corpus rankings alone the reward model judges SFT-like answers worse on openings it never saw, and PPO exploits
-    that (`benchmarks/results/ppo-generalisation.md`, the `@rmmix` rows); on SFT samples alone it judges drifted
-    answers badly. `comparisons_file` is a label store's file (`feedback.simulated` writes it). Rewriting the corpus
-    part from the seed makes a rerun give the same file. Returns the number of rows written.
+    that (`benchmarks/results/ppo-generalisation.md`: the `@labelerfix` rows against the `@sftrm` rows). The corpus
+    rankings stay so that it also judges answers unlike SFT's, as PPO's become. `comparisons_file` is a label
+    store's file (`feedback.simulated` writes it). Rewriting the corpus part from the seed makes a rerun give the
+    same file. Returns the number of rows written.
     """
-    from ..data import DataError, read_jsonl
+    from ..data import DataError, check_row_types, read_jsonl
 
     if not Path(comparisons_file).is_file():
         raise DataError(f"{comparisons_file}: no such rankings file (a label store's comparisons.jsonl, which "
                         "`python -m rlhf_recipes.feedback.simulated` or the labeling app writes).")
     lines: list[int] = []
     rows = read_jsonl(comparisons_file, lines)
+    check_row_types(rows, str(comparisons_file), "line", lines)  # the dataset loader's type checks
     for row, line in zip(rows, lines):
-        if not (isinstance(row.get("prompt"), str) and isinstance(row.get("responses"), list)
-                and len(row["responses"]) >= 2):
+        if row.get("prompt") is None or len(row.get("responses") or []) < 2:
             raise DataError(f"{comparisons_file}, line {line}: a ranking needs a 'prompt' string and a 'responses' "
                             "list of at least 2, best first. Fix or remove the line.")
-    rankings = ranked_comparisons(SIZES["reward"][0], k=4, seed=seed + 1)
-    rankings += [{"prompt": row["prompt"], "responses": row["responses"]} for row in rows]
+    rankings = _corpus_rankings(seed) + [{"prompt": row["prompt"], "responses": row["responses"]} for row in rows]
     write_jsonl(Path(output_dir) / "data/reward/train.jsonl", rankings)
     return len(rankings)
 
@@ -87,12 +98,9 @@ def build_demo(output_dir: str | Path = "runs/demo", *, pretrain_steps: int = 30
     output_dir = Path(output_dir)
     marker = output_dir / "base" / "pretraining.json"
     if marker.is_file() and not force:
-        heldout = output_dir / "data/heldout/prompts.jsonl"
-        if not heldout.is_file():  # a demo built before the held-out set existed: add it, nothing else changes
-            write_jsonl(heldout, [{"prompt": p} for p in heldout_prompts(SIZES["heldout"], seed)])
-        rm_prompts = output_dir / "data/rm_prompts/train.jsonl"
-        if not rm_prompts.is_file():  # likewise for the reward model's sampling prompts
-            write_jsonl(rm_prompts, [{"prompt": p} for p in review_prompts(SIZES["rm_prompts"], seed + 3, "train")])
+        for name, rows in ADDED_LATER.items():  # a demo built before these existed: add them, nothing else changes
+            if not (output_dir / "data" / name).is_file():
+                write_jsonl(output_dir / "data" / name, rows(seed))
         return output_dir
     build_demo_data(output_dir, seed=seed)
     build_base_model(output_dir / "base", steps=pretrain_steps, batch_size=pretrain_batch_size, seed=seed)
