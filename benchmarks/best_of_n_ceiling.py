@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
+from ppo_generalisation import GOAL, meets_goal  # noqa: E402  (beside this script: the same goal check)
 from trl import ModelConfig  # noqa: E402
 
 from rlhf_recipes.best_of_n import best_of_n_kl  # noqa: E402
@@ -81,8 +82,7 @@ def main() -> None:
                    **{f"{j}_win": win_rate(judge_scores(j, texts), base_judged[j]) for j in JUDGES},
                    "distinct_2_ratio": distinct_n(ids, 2) / base_d2,
                    "words_ratio": sum(len(t.split()) for t in texts) / base_words}
-            row["meets_goal"] = (min(row["vader_win"], row["afinn_win"]) >= 0.8 and row["labeler_win"] >= 0.85
-                                 and min(row["distinct_2_ratio"], row["words_ratio"]) >= 0.9)
+            row["meets_goal"] = meets_goal(row)
             rows.append(row)
             print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
 
@@ -95,7 +95,8 @@ def main() -> None:
         "# Best-of-n from SFT on the held-out openings: reward model against the labeler as selector\n\n"
         f"Written by `python benchmarks/best_of_n_ceiling.py` ({len(prompts)} openings no stage trained on; win rates "
         "against SFT's own sample, ties half; distinct-2 and words as a multiple of SFT's; KL of best-of-n "
-        "`log n - (n-1)/n`). Goal (issue 15): both judges >= 0.8, labeler >= 0.85, distinct-2 and words >= 0.9x.\n\n"
+        f"`log n - (n-1)/n`). Goal (issue 15): both judges >= {GOAL['judge_win']}, labeler >= "
+        f"{GOAL['labeler_win']}, distinct-2 and words >= {GOAL['ratio']}x.\n\n"
         + markdown_table(rows, columns) + "\n")
     print(f"wrote {results} and {results.with_suffix('.md')}")
 

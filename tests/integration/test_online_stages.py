@@ -67,16 +67,21 @@ def test_reward_function_is_the_normalised_score_at_eos_minus_the_missing_eos_pe
     assert reward_scores(model, padded, (padded != tok.pad_token_id).long()).item() == pytest.approx(alone[0], abs=1e-5)
 
 
+def online_args(algo: str, demo_dir, sft_dir, rm_dir, out, *extra: str) -> list[str]:
+    """The demo recipe of `algo` on the test demo's prompts, SFT policy and `rm_dir`, into `out`."""
+    return ["--config", str(REPO / f"recipes/demo/{algo}.yaml"), "--sft_model_path", str(sft_dir),
+            "--model_name_or_path", str(sft_dir), "--reward_model_path", str(rm_dir),
+            "--dataset_name", str(demo_dir / "data/prompts"), "--output_dir", str(out), *extra]
+
+
 @pytest.mark.parametrize("algo", ["grpo", "rloo"])
 def test_online_stage_trains_scores_with_our_reward_model_and_saves_like_every_stage(algo, demo_dir, sft_dir, rm_dir,
                                                                                        tmp_path):
     out = tmp_path / algo
     trainer_name = {"grpo": "GRPOTrainer", "rloo": "RLOOTrainer"}[algo]
-    args = ["--config", str(REPO / f"recipes/demo/{algo}.yaml"), "--sft_model_path", str(sft_dir),
-            "--model_name_or_path", str(sft_dir), "--reward_model_path", str(rm_dir),
-            "--dataset_name", str(demo_dir / "data/prompts"), "--output_dir", str(out), "--max_steps", "2",
-            "--per_device_train_batch_size", "8", "--num_generations", "4", "--max_completion_length", "8",
-            "--max_train_samples", "16", "--max_eval_samples", "4", "--save_strategy", "no", "--logging_steps", "1"]
+    args = online_args(algo, demo_dir, sft_dir, rm_dir, out, "--max_steps", "2", "--per_device_train_batch_size", "8",
+                       "--num_generations", "4", "--max_completion_length", "8", "--max_train_samples", "16",
+                       "--max_eval_samples", "4", "--save_strategy", "no", "--logging_steps", "1")
     metrics, trainer = run_recording_trainer(algo, trainer_name, args)
 
     # TRL called our reward function (not a model it scores itself) and logged finite rewards and KL.
@@ -141,12 +146,10 @@ def test_grpo_run_pushes_itself_with_our_card_and_no_pickles(demo_dir, sft_dir, 
     monkeypatch.setenv("HF_TOKEN", "hf_fake_write_token_for_tests")
     fake_hub = install_fake_hub(monkeypatch)
     out = tmp_path / "grpo"
-    run_recipe("grpo", ["--config", str(REPO / "recipes/demo/grpo.yaml"), "--sft_model_path", str(sft_dir),
-                        "--model_name_or_path", str(sft_dir), "--reward_model_path", str(rm_dir),
-                        "--dataset_name", str(demo_dir / "data/prompts"), "--output_dir", str(out),
-                        "--max_steps", "1", "--per_device_train_batch_size", "4", "--num_generations", "4",
-                        "--max_completion_length", "4", "--max_train_samples", "8", "--save_strategy", "no",
-                        "--push_to_hub", "true", "--hub_model_id", "me/grpo-run"])
+    run_recipe("grpo", online_args("grpo", demo_dir, sft_dir, rm_dir, out, "--max_steps", "1",
+                                   "--per_device_train_batch_size", "4", "--num_generations", "4",
+                                   "--max_completion_length", "4", "--max_train_samples", "8", "--save_strategy", "no",
+                                   "--push_to_hub", "true", "--hub_model_id", "me/grpo-run"))
     assert set(fake_hub.repos) == {"me/grpo-run"} and fake_hub.errors == []
     final = fake_hub.commits[-1]
     assert final.message == "grpo: final model"
@@ -158,13 +161,11 @@ def test_grpo_run_pushes_itself_with_our_card_and_no_pickles(demo_dir, sft_dir, 
 def test_lora_grpo_trains_an_adapter_on_the_one_module_named(demo_dir, sft_dir, rm_dir, tmp_path):
     """LoRA is TRL's to apply, with our config: `--lora_target_modules c_attn` alone must adapt c_attn."""
     out = tmp_path / "grpo-lora"
-    run_recipe("grpo", ["--config", str(REPO / "recipes/demo/grpo.yaml"), "--sft_model_path", str(sft_dir),
-                        "--model_name_or_path", str(sft_dir), "--reward_model_path", str(rm_dir),
-                        "--dataset_name", str(demo_dir / "data/prompts"), "--output_dir", str(out),
-                        "--max_steps", "2", "--per_device_train_batch_size", "8", "--num_generations", "4",
-                        "--max_completion_length", "6", "--max_train_samples", "16", "--save_strategy", "no",
-                        "--use_peft", "true", "--lora_target_modules", "c_attn", "--lora_r", "4",
-                        "--lora_alpha", "8"])
+    run_recipe("grpo", online_args("grpo", demo_dir, sft_dir, rm_dir, out, "--max_steps", "2",
+                                   "--per_device_train_batch_size", "8", "--num_generations", "4",
+                                   "--max_completion_length", "6", "--max_train_samples", "16", "--save_strategy", "no",
+                                   "--use_peft", "true", "--lora_target_modules", "c_attn", "--lora_r", "4",
+                                   "--lora_alpha", "8"))
     assert json.loads((out / "adapter_config.json").read_text())["target_modules"] == ["c_attn"]
     adapter = load_file(out / "adapter_model.safetensors")
     lora_b = [t for name, t in adapter.items() if "lora_B" in name]
