@@ -3,7 +3,7 @@
     python recipes/chat.py --model_name_or_path runs/demo/ppo
     echo "What did you think of the western?" | python recipes/chat.py --model_name_or_path runs/gpt2/ppo
 
-The conversation is rendered by the project's renderer (data.py) and its oldest turns are dropped when it would
+The conversation is rendered by the project's renderer (rlhf_recipes.data) and its oldest turns are dropped when it would
 no longer fit the model's context. `/reset` starts over.
 """
 

@@ -55,7 +55,7 @@ class FrontierArguments:
     recipes_dir: str = field(default="recipes", metadata={"help": "Where ppo.py, grpo.py, rloo.py and demo/ live."})
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": "Subset of " + str(METHODS)})
     eval_prompts: str | None = field(default=None, metadata={
-        "help": "Prompts every point is evaluated on (a file or folder data.py reads; default: the openings no stage "
+        "help": "Prompts every point is evaluated on (a file or folder rlhf_recipes.data reads; default: the openings no stage "
                 "trained on, <demo_dir>/data/heldout/prompts.jsonl)."})
     eval_split: str = field(default="train", metadata={"help": "Split of eval_prompts (a single file is 'train')."})
     num_prompts: int = field(default=256, metadata={"help": "Use the first N prompts of that split."})

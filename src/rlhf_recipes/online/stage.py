@@ -2,7 +2,7 @@
 
 TRL keeps the algorithms (sampling `num_generations` completions per prompt, group-relative or leave-one-out
 advantages, the clipped loss, the KL to the reference). What this module adds is the plumbing every stage of this
-project shares: the SFT tokenizer and policy from `models.py`, the prompts from `data.py` (cut from the left to fit
+project shares: the SFT tokenizer and policy from `models.py`, the prompts from `rlhf_recipes.data` (cut from the left to fit
 the context), the reward model's normalised score read at the EOS token with the missing-EOS penalty (exactly
 PPO's reward, through `models.score_responses`), and `save_stage` (metrics, data report, model card, push).
 

@@ -2,7 +2,7 @@
 
 What it changes from `trl.RewardTrainer` (which it reuses for model preparation, PEFT, pad token and dropout):
 
-* Data: rows are `prompt, chosen, rejected` or `prompt, responses` (a ranking, best first), as `data.py`'s reward
+* Data: rows are `prompt, chosen, rejected` or `prompt, responses` (a ranking, best first), as `rlhf_recipes.data`'s reward
   stage produces them. With `ranking_batching: pairs` a ranking of K becomes its C(K,2) pairs; with `grouped` a pair
   becomes a ranking of K=2. Every sequence is `prompt + response + EOS`; a sequence longer than `max_length` is cut
   in its response and keeps its final EOS, so it is trained on instead of silently filtered out (TRL drops it).
@@ -64,7 +64,7 @@ def encode_response(
         response_ids = response_ids[:-1]
     truncated = False
     if max_length is not None:
-        if len(prompt_ids) > max_length - 1:  # data.py keeps prompts shorter; cut from the left like it does
+        if len(prompt_ids) > max_length - 1:  # rlhf_recipes.data keeps prompts shorter; cut from the left like it does
             prompt_ids = prompt_ids[len(prompt_ids) - (max_length - 1):]
         budget = max_length - 1 - len(prompt_ids)
         if len(response_ids) > budget:
