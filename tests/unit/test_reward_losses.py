@@ -119,3 +119,24 @@ def test_grouped_loss_gradient_pushes_winners_up():
     grouped_ranking_loss(rewards).backward()
     grad = rewards.grad[0]
     assert grad[0] < 0 < grad[2] and grad[1].abs() < 1e-7  # descent raises the best, lowers the worst
+
+
+def test_ranking_pairs_with_ties_and_selections():
+    # K=4, the 2nd and 3rd tied: C(4,2)=6 pairs less the tied one.
+    assert ranking_pairs(4, [[1, 2]]) == [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3)]
+    assert ranking_pairs(4, selection="best_vs_rest") == [(0, 1), (0, 2), (0, 3)]
+    assert ranking_pairs(4, selection="best_vs_worst") == [(0, 3)]
+    # A tie for first: both top responses count as best, and are not compared with each other.
+    assert ranking_pairs(3, [[0, 1]], "best_vs_rest") == [(0, 2), (1, 2)]
+    assert ranking_pairs(4, [[2, 3]], "best_vs_worst") == [(0, 2), (0, 3)]
+
+
+def test_ties_problem_names_what_is_wrong():
+    from rlhf_recipes.data import ties_problem
+
+    assert ties_problem(None, 3) is None and ties_problem([[1, 2]], 3) is None
+    assert "adjacent" in ties_problem([[0, 2]], 3)
+    assert "outside" in ties_problem([[2, 3]], 3)
+    assert "two tie groups" in ties_problem([[0, 1], [1, 2]], 4)
+    assert "list" in ties_problem("0,1", 3)
+    assert "says nothing" in ties_problem([[0, 1, 2]], 3)

@@ -27,7 +27,7 @@ Plain strings (`prompt`, `completion`, `text`) are taken as already rendered and
 
 Row numbers in messages are 1-based positions in the source split (for a JSONL file, its line numbers).
 The package holds one module per concern: `reading` (files, Hub ids and row type checks), `templates` (the
-conversation renderer), `formats` (per-stage formats and `load_stage_dataset`) and `report` (the data report).
+conversation renderer), `formats` (per-stage formats and `load_stage_dataset`) and `report` (the data report), `rankings` (the pairs a ranking implies).
 Nothing here imports a trainer.
 """
 
@@ -43,6 +43,7 @@ from .formats import (
     tokenize_prompts,
     tokenize_texts,
 )
+from .rankings import PAIR_SELECTIONS, ranking_pairs, ties_problem
 from .reading import (
     CONVERSATIONAL_COLUMNS,
     LIST_COLUMNS,
@@ -71,9 +72,9 @@ from .templates import (
 
 __all__ = [
     "ASSISTANT", "CONVERSATIONAL_COLUMNS", "FORMATTERS", "FORMAT_COLUMNS", "HUMAN", "LIST_COLUMNS",
-    "LOCAL_EXTENSIONS", "MAX_RANKING_SIZE", "REPORT_FILE", "STAGE_FORMATS", "STRING_COLUMNS", "TEMPLATE_CHOICES",
+    "LOCAL_EXTENSIONS", "MAX_RANKING_SIZE", "PAIR_SELECTIONS", "REPORT_FILE", "STAGE_FORMATS", "STRING_COLUMNS", "TEMPLATE_CHOICES",
     "ConversationTemplate", "DataError", "DataReport", "Stage", "check_row_types", "column_type_problem",
     "detect_format", "encode_text", "end_of_turn_token", "format_split", "load_raw_dataset", "load_stage_dataset",
-    "log_report", "parse_hh", "read_jsonl", "render_conversation", "render_prompt", "resolve_template",
-    "save_reports", "split_hh", "tokenize_prompts", "tokenize_texts",
+    "log_report", "parse_hh", "ranking_pairs", "read_jsonl", "render_conversation", "render_prompt", "resolve_template",
+    "save_reports", "split_hh", "tokenize_prompts", "ties_problem", "tokenize_texts",
 ]

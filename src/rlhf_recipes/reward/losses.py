@@ -24,17 +24,10 @@ gradient noise and in the compute spent.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 
-
-def ranking_pairs(k: int) -> list[tuple[int, int]]:
-    """The C(k, 2) comparisons (winner index, loser index) of a ranking of `k` responses ordered best to worst."""
-    if k < 2:
-        raise ValueError(f"a ranking needs at least two responses, got {k}")
-    return list(itertools.combinations(range(k), 2))
+from ..data.rankings import ranking_pairs
 
 
 def expand_ranking(responses: list[str]) -> list[tuple[str, str]]:
