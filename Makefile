@@ -16,13 +16,23 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= dev,deepspeed,quantization,judges,tracking,feedback
 # The tested versions of every other package (`make lock` writes it); `make install-latest` ignores it.
 CONSTRAINTS ?= constraints.txt
-RUN ?=
+# `make plots` / `make push` act on this run folder (default: the demo's PPO stage).
+RUN ?= $(DEMO_DIR)/ppo
 STAGE ?=
 # The committed summary of `make demo` that the README shows and `make check-demo` compares with.
 DEMO_RESULTS ?= results/demo.md
 # The demo runs on a laptop CPU: one thread per process avoids oversubscribing small cores.
 DEMO_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 LAUNCH = $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES)
+# CPU=1 runs the training recipes on the CPU (no GPU needed): accelerate without mixed precision, and the recipe's
+# `use_cpu`, so a recipe's `bf16: true` runs as CPU autocast (fast with AMX bf16; elsewhere add
+# ARGS="--bf16 false --dtype float32"). e.g. `make pipeline MODEL=gpt2 CPU=1`
+CPU ?=
+RECIPE_ARGS :=
+ifneq ($(CPU),)
+LAUNCH += --cpu --mixed_precision no
+RECIPE_ARGS += --use_cpu true
+endif
 ifeq ($(MODEL),demo)
 LAUNCH += --mixed_precision no
 # The demo's PPO runs in bf16 autocast where the CPU has AMX bf16, fp32 elsewhere (the YAML, which tests run, is fp32)
@@ -74,7 +84,7 @@ demo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/ppo
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --output $(DEMO_DIR)/summary.md
 
-# Run the demo and make its summary the committed results: results/demo.md and the README's demo section.
+# Run the demo and make its summary the committed results: results/demo.md and the README's short demo block.
 demo-results: demo
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --output $(DEMO_RESULTS) --readme README.md
 
@@ -83,12 +93,13 @@ demo-avx2-results:
 	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(MAKE) demo
 	cp $(DEMO_DIR)/summary.md results/demo-avx2.md
 
-# CI: run the demo and compare its numbers with the committed results (exact in the same environment).
+# CI: run the demo and compare its numbers with the committed results (exact in the same environment), and the
+# README's demo block with the committed results.
 check-demo: demo
-	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --check $(DEMO_RESULTS)
+	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --check $(DEMO_RESULTS) --readme README.md
 
 sft reward ppo grpo rloo: $(BIN)/rlhf-installed
-	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(if $(filter ppo,$@),$(PPO_ARGS)) $(ARGS)
+	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(if $(filter ppo,$@),$(PPO_ARGS)) $(RECIPE_ARGS) $(ARGS)
 
 best_of_n: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python recipes/best_of_n.py --config $(or $(CONFIG),recipes/$(MODEL)/best_of_n.yaml) $(ARGS)

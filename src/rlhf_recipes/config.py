@@ -2,11 +2,15 @@
 
 Each recipe parses `(ScriptArguments, <Stage>Config, ModelConfig)` with TRL's `TrlParser`: a YAML file given with
 `--config` sets the defaults and any flag overrides them. We add one thing on top: a YAML key that no dataclass knows
-is an error that names the key and the file (TRL's message names neither the file nor a likely fix).
+is an error that names the key and the file (TRL's message names neither the file nor a likely fix), and `--help`
+lists only the fields this project adds, grouped by dataclass (TRL's full list runs to a thousand lines);
+`--help-all` lists every field, ours first, then TRL's and transformers', grouped by the class that defines them.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import difflib
 import importlib.util
 import os
@@ -119,9 +123,99 @@ def check_config_keys(config_path: str | os.PathLike, dataclass_types: tuple[typ
     return config
 
 
-def parse_recipe_args(dataclass_types: tuple[type, ...], args: list[str] | None = None) -> tuple[Any, ...]:
-    """Parse `--config file.yaml` plus flags into one instance of each dataclass; unknown keys are errors."""
+HELP_ALL_FLAG = "--help-all"
+# Fields declared by classes from these packages are theirs; every other field is this project's.
+THIRD_PARTY_PACKAGES = ("trl", "transformers", "peft", "accelerate")
+
+
+def _field_origins(dataclass_type: type) -> dict[str, type]:
+    """field name -> the most basic class in the MRO that declares it (where the field comes from)."""
+    declared: dict[str, type] = {}
+    for cls in reversed(dataclass_type.__mro__):
+        for name in cls.__dict__.get("__annotations__", {}):
+            declared.setdefault(name, cls)
+    return {f.name: declared.get(f.name, dataclass_type) for f in fields(dataclass_type)}
+
+
+def is_own_class(cls: type) -> bool:
+    return cls.__module__.split(".")[0] not in THIRD_PARTY_PACKAGES
+
+
+def help_groups(dataclass_types: tuple[type, ...]) -> list[tuple[str, list[str]]]:
+    """(title, field names) for `--help`: this project's fields per dataclass first, then each library class's."""
+    ours: list[tuple[str, list[str]]] = []
+    theirs: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for dataclass_type in dataclass_types:
+        own = []
+        for name, origin in _field_origins(dataclass_type).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            if is_own_class(origin):
+                own.append(name)
+            else:
+                theirs.setdefault(f"{origin.__module__.split('.')[0]} {origin.__name__}", []).append(name)
+        if own:
+            ours.append((f"{dataclass_type.__name__} (this project)", own))
+    return ours + list(theirs.items())
+
+
+def format_help(parser: argparse.ArgumentParser, dataclass_types: tuple[type, ...], *, show_all: bool,
+                description: str | None = None) -> str:
+    """The recipe's help: our fields, grouped; with `show_all`, then every TRL/transformers field, grouped too."""
+    actions: dict[str, list[argparse.Action]] = {}
+    for action in parser._actions:
+        # One spelling per flag (HfArgumentParser also accepts `--dataset-format` for `--dataset_format`).
+        shown = copy.copy(action)
+        shown.option_strings = [o for o in action.option_strings if "-" not in o[2:]] or action.option_strings
+        actions.setdefault(action.dest, []).append(shown)
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "recipe"
+    out = argparse.ArgumentParser(prog=prog, add_help=False, description=description,
+                                  usage=f"{prog} [--config YAML] [--FIELD VALUE ...] [--help | {HELP_ALL_FLAG}]",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    general = out.add_argument_group("general")
+    general.add_argument("--config", metavar="YAML", help="a recipe YAML: its keys set the fields below; flags "
+                         "given after it override them")
+    general.add_argument("--help", action="store_true", help="this project's fields (this list)")
+    general.add_argument(HELP_ALL_FLAG, action="store_true", help="every field, TRL's and transformers' too")
+    general.add_argument(DEBUG_FLAG, action="store_true", help=f"show the traceback of a user error (or {DEBUG_ENV}=1)")
+    groups = help_groups(dataclass_types)
+    hidden: dict[str, int] = {}
+    for title, names in groups:
+        if not show_all and not title.endswith("(this project)"):
+            hidden[title] = len(names)
+            continue
+        group = out.add_argument_group(title)
+        for name in names:
+            group._group_actions.extend(actions.get(name, []))
+    if hidden:
+        counts = ", ".join(f"{title} {count}" for title, count in hidden.items())
+        out.epilog = (f"Not listed: the fields of the libraries ({counts}).\n`{HELP_ALL_FLAG}` lists them all, "
+                      "grouped by the class that defines them.")
+    return out.format_help()
+
+
+def _help_requested(argv: list[str]) -> str | None:
+    if HELP_ALL_FLAG in argv:
+        return "all"
+    if "-h" in argv or "--help" in argv:
+        return "ours"
+    return None
+
+
+def parse_recipe_args(dataclass_types: tuple[type, ...], args: list[str] | None = None,
+                      description: str | None = None) -> tuple[Any, ...]:
+    """Parse `--config file.yaml` plus flags into one instance of each dataclass; unknown keys are errors.
+
+    `--help` prints this project's fields and exits; `--help-all` every field, grouped by the class defining it.
+    """
     argv = list(sys.argv[1:] if args is None else args)
+    wanted = _help_requested(argv)
+    if wanted:
+        print(format_help(TrlParser(dataclass_types), dataclass_types, show_all=wanted == "all",
+                          description=description))
+        sys.exit(0)
     if "--config" in argv:
         if argv.index("--config") + 1 >= len(argv):
             raise ConfigError("`--config` needs a file: `--config recipes/<model>/<stage>.yaml`.")
@@ -161,7 +255,8 @@ def run_main(main: Callable[..., Any], dataclass_types: tuple[type, ...], args: 
     argv = [a for i, a in enumerate(argv)
             if a != DEBUG_FLAG or (i + 1 < len(argv) and not argv[i + 1].startswith("--"))]
     try:
-        return main(*parse_recipe_args(dataclass_types, argv))
+        description = getattr(sys.modules.get(main.__module__), "__doc__", None)
+        return main(*parse_recipe_args(dataclass_types, argv, description=description))
     except KeyboardInterrupt:
         if debug:
             raise
@@ -179,8 +274,8 @@ def run_main(main: Callable[..., Any], dataclass_types: tuple[type, ...], args: 
         sys.exit(USER_ERROR_EXIT_CODE)
 
 
-__all__ = ["ConfigError", "ModelConfig", "ScriptArguments", "UserError", "check_config_keys", "parse_recipe_args",
-           "run_main"]
+__all__ = ["ConfigError", "ModelConfig", "ScriptArguments", "UserError", "check_config_keys", "format_help",
+           "help_groups", "parse_recipe_args", "run_main"]
 
 
 def load_recipe_module(path: str | os.PathLike) -> ModuleType:

@@ -3,12 +3,13 @@
     python -m rlhf_recipes.demo.summary runs/demo                                  # print it
     python -m rlhf_recipes.demo.summary runs/demo --output runs/demo/summary.md    # and write it
     python -m rlhf_recipes.demo.summary runs/demo --output results/demo.md --readme README.md   # make demo-results
-    python -m rlhf_recipes.demo.summary runs/demo --check results/demo.md          # make check-demo
+    python -m rlhf_recipes.demo.summary runs/demo --check results/demo.md --readme README.md   # make check-demo
 
 The file holds the environment it ran in (package versions, CPU, threads), the stage table and the held-out
-evaluation. `--readme` copies it between the README's `<!-- begin results/demo.md -->` / `<!-- end ... -->`
-markers, so the README's demo numbers are never typed. `--check` compares a run with a committed file: every
-number must match exactly when the environment is the same, and within CROSS_ENVIRONMENT_TOLERANCE otherwise.
+evaluation. `--readme` writes its short form (the comparison on openings no stage trained on, and where it ran)
+between the README's `<!-- begin results/demo.md -->` / `<!-- end ... -->` markers, so the README's demo numbers
+are never typed; with `--check` it verifies that block instead. `--check` compares a run with a committed file:
+every number must match exactly when the environment is the same, and within CROSS_ENVIRONMENT_TOLERANCE otherwise.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ EVAL_COLUMNS = ("policy", "rm_score_mean", "labeler_score", "win_rate_vs_first",
                 "response_length", "distinct_2", "eos_fraction")
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "numpy")
 ENVIRONMENT_HEADING = "#### Environment"
+READABLE_COLUMNS = {"labeler_win_vs_first": "labeler win", "vader_win_vs_first": "VADER win",
+                    "afinn_win_vs_first": "AFINN win", "kl_to_reference": "KL to SFT", "mean_words": "words",
+                    "distinct_2": "distinct-2"}
+HELDOUT_HEADING = "#### Openings no stage trained on (win rates vs SFT: labeler and two independent judges)"
 # Measured: the same demo with torch's kernels forced to AVX2 instead of this CPU's AVX512 (results/demo-avx2.md
 # beside results/demo.md). Pretraining and SFT agreed to 4 digits, the reward model by up to 5%, and PPO, which
 # samples its episodes, by up to 17% (its held-out RM score). One pair underestimates the spread: 1.5x that, relative
@@ -101,7 +106,7 @@ def summarize(run_root: str | Path) -> str:
         results = json.loads(heldout_file.read_text())["results"]
         columns = [c for c in ("policy", "labeler_win_vs_first", "vader_win_vs_first", "afinn_win_vs_first",
                                "kl_to_reference", "mean_words", "distinct_2") if any(c in r for r in results)]
-        text += ["", "#### Openings no stage trained on (win rates vs SFT: labeler and two independent judges)", "",
+        text += ["", HELDOUT_HEADING, "",
                  markdown_table(results, columns)]
     return "\n".join(text) + "\n"
 
@@ -155,21 +160,61 @@ def compare(run_text: str, committed_text: str) -> tuple[list[str], bool]:
     return problems, same_environment
 
 
+def readme_block(summary_text: str, results_file: str) -> str:
+    """The README's short form of a summary: the comparison on openings no stage trained on, and where it ran."""
+    lines = summary_text.splitlines()
+    if HELDOUT_HEADING not in lines:
+        raise ValueError(f"{results_file} has no `{HELDOUT_HEADING}` table to show in the README.")
+    table = []
+    for line in lines[lines.index(HELDOUT_HEADING) + 1:]:
+        if line.startswith("#"):
+            break
+        if line.startswith("|"):
+            table.append(line)
+    if table:  # the header in words
+        table[0] = "| " + " | ".join(READABLE_COLUMNS.get(c.strip(), c.strip()) for c in table[0].strip("|").split("|")) + " |"
+    environment_rows = dict((row + ["", ""])[:2] for row in _tables(summary_text).get(ENVIRONMENT_HEADING, []))
+    where = ", ".join(v for v in (environment_rows.get("CPU"), environment_rows.get("torch") and
+                                  f"torch {environment_rows['torch']}") if v)
+    return "\n".join([
+        "SFT and PPO answer review openings that no stage trained on. A win rate is the share of openings where the "
+        "judge prefers the policy's answer to SFT's (ties count half, so SFT scores 0.5); the labeler is the "
+        "simulated one that ranked the reward model's data, VADER and AFINN are independent sentiment lexicons; KL "
+        f"to SFT is in nats per response. From [`{results_file}`]({results_file}) ({where}), written by "
+        "`make demo-results`.", "", *table])
+
+
+def _readme_pattern(results_file: str) -> tuple[re.Pattern, str, str]:
+    begin, end = f"<!-- begin {results_file} -->", f"<!-- end {results_file} -->"
+    return re.compile(re.escape(begin) + r"\n?(.*?)\n?" + re.escape(end), re.DOTALL), begin, end
+
+
 def insert_into_readme(readme: Path, results_file: str, content: str) -> None:
     """Replace what lies between `<!-- begin FILE -->` and `<!-- end FILE -->` in the README with `content`."""
-    begin, end = f"<!-- begin {results_file} -->", f"<!-- end {results_file} -->"
+    pattern, begin, end = _readme_pattern(results_file)
     text = readme.read_text()
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
         raise ValueError(f"{readme} has no `{begin}` ... `{end}` markers to put {results_file} between.")
     readme.write_text(pattern.sub(lambda _: f"{begin}\n{content.rstrip()}\n{end}", text, count=1))
+
+
+def check_readme(readme: Path, results_file: str, committed_text: str) -> list[str]:
+    """Problems with the README's block between the markers: missing, or not the short form of the committed file."""
+    pattern, begin, end = _readme_pattern(results_file)
+    found = pattern.search(readme.read_text())
+    if not found:
+        return [f"{readme} has no `{begin}` ... `{end}` markers."]
+    if found.group(1).strip() != readme_block(committed_text, results_file).strip():
+        return [f"{readme}'s demo block is not the short form of {results_file}."]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_root", nargs="?", default="runs/demo")
     parser.add_argument("--output", help="also write the summary to this markdown file")
-    parser.add_argument("--readme", help="copy the written file into this README between its markers")
+    parser.add_argument("--readme", help="with --output: write its short form into this README between the markers; "
+                        "with --check: fail unless the README's block is the short form of the committed file")
     parser.add_argument("--check", help="compare with this committed summary; exit 1 on a difference")
     args = parser.parse_args(argv)
     text = summarize(args.run_root)
@@ -177,12 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
-    if args.readme:
-        if not args.output:
-            parser.error("--readme needs --output (the results file it shows)")
-        insert_into_readme(Path(args.readme), args.output, text)
+    if args.readme and not (args.output or args.check):
+        parser.error("--readme needs --output (the results file to show) or --check (the committed one)")
+    if args.readme and args.output:
+        insert_into_readme(Path(args.readme), args.output, readme_block(text, args.output))
     if args.check:
-        problems, same_environment = compare(text, Path(args.check).read_text())
+        committed = Path(args.check).read_text()
+        problems, same_environment = compare(text, committed)
+        if args.readme and not args.output:
+            problems += check_readme(Path(args.readme), args.check, committed)
         rule = "exactly (same environment)" if same_environment else (
             f"within rtol={CROSS_ENVIRONMENT_TOLERANCE['rtol']}, atol={CROSS_ENVIRONMENT_TOLERANCE['atol']} "
             "(the environment differs from the committed one)")
