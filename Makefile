@@ -39,7 +39,7 @@ LAUNCH += --mixed_precision no
 PPO_ARGS ?= --auto_bf16 true
 endif
 
-.PHONY: install install-latest lock demo demo-results demo-avx2-results check-demo sft reward ppo grpo rloo best_of_n frontier pipeline eval plots push test test-all lint bench clean sample label chat push-labels iterate
+.PHONY: install install-latest lock demo demo-results demo-avx2-results check-demo sft reward ppo grpo rloo best_of_n frontier pipeline eval plots push test test-all lint docs bench clean sample label chat push-labels iterate
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -131,6 +131,10 @@ push-labels: $(BIN)/rlhf-installed
 # The test command CI runs: unit, integration and the 2-process DeepSpeed tests, offline.
 test: $(BIN)/rlhf-installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra --timeout 900 tests
+
+# The generated parts of docs/ (the fields reference in docs/stages.md); tests/unit/test_docs.py checks them.
+docs: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(BIN)/python tools/docs_fields.py docs/stages.md
 
 lint: $(BIN)/rlhf-installed
 	$(BIN)/ruff check src recipes tests benchmarks
