@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, load_recipe
 from trl import ModelConfig, SFTConfig
 
-from rlhf_recipes.config import ConfigError, ScriptArguments, check_config_keys, parse_recipe_args
+from rlhf_recipes.config import ConfigError, ScriptArguments, check_config_keys, help_groups, parse_recipe_args
 
 DATACLASSES = (ScriptArguments, SFTConfig, ModelConfig)
 DEMO_SFT = REPO / "recipes/demo/sft.yaml"
@@ -36,6 +37,49 @@ def test_every_model_family_recipe_parses(family, stage):
                                                                ["--config", str(recipe), "--bf16", "false"])
     assert training_args.output_dir == f"runs/{family}/{stage}"
     assert script_args.conversation_template == ("chat_template" if family == "smollm2" else "auto")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "smollm2"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
+def test_real_recipes_run_on_a_cpu_with_use_cpu(family, stage, monkeypatch):
+    """What `make ... CPU=1` adds: without a GPU, TRL's configs refuse the recipes' `bf16: true` unless `use_cpu` is
+    set (our PPOConfig takes bf16 on a CPU as autocast either way)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    module = load_recipe(stage)
+    recipe = ["--config", str(REPO / f"recipes/{family}/{stage}.yaml")]
+    if not torch.cuda.is_available() and stage != "ppo":
+        with pytest.raises(ConfigError, match="bf16/gpu"):
+            parse_recipe_args(module.DATACLASSES, recipe)
+    _, training_args, _ = parse_recipe_args(module.DATACLASSES, [*recipe, "--use_cpu", "true"])
+    assert training_args.bf16 and training_args.device.type == "cpu"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "smollm2"])
+def test_evaluate_config_of_each_model_family_compares_its_own_runs(family):
+    module = load_recipe("evaluate")
+    script_args, eval_args, _ = parse_recipe_args(module.DATACLASSES,
+                                                  ["--config", str(REPO / f"recipes/{family}/evaluate.yaml")])
+    assert eval_args.policy_paths == [f"runs/{family}/sft", f"runs/{family}/ppo"]
+    assert eval_args.reward_model_path == f"runs/{family}/reward" and script_args.dataset_format == "hh"
+
+
+def test_help_lists_our_fields_and_help_all_every_field_grouped(capsys):
+    module = load_recipe("ppo")
+    groups = dict(help_groups(module.DATACLASSES))
+    assert "ptx_coef" in groups["PPOConfig (this project)"] and "invalid_rows" in groups["ScriptArguments (this project)"]
+    assert "learning_rate" in groups["transformers TrainingArguments"] and "use_peft" in groups["trl ModelConfig"]
+    assert not any("learning_rate" in names for title, names in groups.items() if "this project" in title)
+    with pytest.raises(SystemExit) as stop:
+        parse_recipe_args(module.DATACLASSES, ["--help"])
+    short = capsys.readouterr().out
+    assert stop.value.code == 0 and "--ptx_coef" in short and "--learning_rate" not in short and "--help-all" in short
+    assert short.index("ScriptArguments (this project)") < short.index("PPOConfig (this project)")
+    with pytest.raises(SystemExit):
+        parse_recipe_args(module.DATACLASSES, ["--config", str(REPO / "recipes/demo/ppo.yaml"), "--help-all"])
+    full = capsys.readouterr().out
+    assert full.index("--ptx_coef") < full.index("transformers TrainingArguments:") < full.index("--learning_rate")
+    assert "--dataset-format" not in full  # one spelling per flag
+    assert len(short.splitlines()) < len(full.splitlines()) / 4
 
 
 def test_unknown_yaml_key_names_the_key_the_file_and_the_close_match(tmp_path):

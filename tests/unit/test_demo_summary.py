@@ -76,3 +76,25 @@ def test_readme_gets_the_file_between_its_markers(tmp_path):
     (tmp_path / "OTHER.md").write_text("no markers\n")
     with pytest.raises(ValueError, match=r"OTHER.md has no `<!-- begin results/demo.md -->`"):
         summary.insert_into_readme(tmp_path / "OTHER.md", "results/demo.md", "x")
+
+
+def test_readme_block_is_the_heldout_comparison_and_the_check_holds_the_readme_to_it(run_root, tmp_path):
+    (run_root / "eval_heldout").mkdir()
+    (run_root / "eval_heldout" / "eval_results.json").write_text(json.dumps({"results": [
+        {"policy": "sft", "labeler_win_vs_first": 0.5, "kl_to_reference": 0.0},
+        {"policy": "ppo", "labeler_win_vs_first": 0.84, "kl_to_reference": 5.9}]}))
+    committed = summary.summarize(run_root)
+    block = summary.readme_block(committed, "results/demo.md")
+    assert block.splitlines()[2:] == ["| policy | labeler win | KL to SFT |", "| --- | --- | --- |",
+                                      "| sft | 0.5 | 0 |", "| ppo | 0.84 | 5.9 |"]
+    assert "Pipeline summary" not in block and "logical cores" in block  # only the comparison, and where it ran
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- begin results/demo.md -->\nold\n<!-- end results/demo.md -->\n")
+    assert summary.check_readme(readme, "results/demo.md", committed) == [
+        f"{readme}'s demo block is not the short form of results/demo.md."]
+    summary.insert_into_readme(readme, "results/demo.md", block)
+    assert summary.check_readme(readme, "results/demo.md", committed) == []
+    moved = committed.replace("| ppo | 0.84 |", "| ppo | 0.85 |")
+    assert summary.check_readme(readme, "results/demo.md", moved) != []
+    with pytest.raises(ValueError, match="no `#### Openings no stage trained on"):
+        summary.readme_block(summary.summarize(run_root / "sft"), "results/demo.md")
