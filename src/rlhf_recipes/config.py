@@ -124,6 +124,7 @@ def check_config_keys(config_path: str | os.PathLike, dataclass_types: tuple[typ
 
 
 HELP_ALL_FLAG = "--help-all"
+USAGE = "{prog} [--config YAML] [--FIELD VALUE ...] [--help | --help-all]"
 # Fields declared by classes from these packages are theirs; every other field is this project's.
 THIRD_PARTY_PACKAGES = ("trl", "transformers", "peft", "accelerate")
 
@@ -172,7 +173,7 @@ def format_help(parser: argparse.ArgumentParser, dataclass_types: tuple[type, ..
         actions.setdefault(action.dest, []).append(shown)
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "recipe"
     out = argparse.ArgumentParser(prog=prog, add_help=False, description=description,
-                                  usage=f"{prog} [--config YAML] [--FIELD VALUE ...] [--help | {HELP_ALL_FLAG}]",
+                                  usage=USAGE.format(prog=prog),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     general = out.add_argument_group("general")
     general.add_argument("--config", metavar="YAML", help="a recipe YAML: its keys set the fields below; flags "
@@ -222,6 +223,8 @@ def parse_recipe_args(dataclass_types: tuple[type, ...], args: list[str] | None 
         config_path = argv[argv.index("--config") + 1]
         check_config_keys(config_path, dataclass_types)
     parser = TrlParser(dataclass_types)
+    # argparse prints the usage line with every error; the generated one lists all ~200 flags.
+    parser.usage = USAGE.format(prog=parser.prog)
     try:
         return parser.parse_args_and_config(args=argv, fail_with_unknown_args=True)
     except ConfigError:

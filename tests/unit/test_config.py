@@ -82,6 +82,13 @@ def test_help_lists_our_fields_and_help_all_every_field_grouped(capsys):
     assert len(short.splitlines()) < len(full.splitlines()) / 4
 
 
+def test_a_bad_flag_value_prints_a_short_usage_not_every_flag(capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_recipe_args(load_recipe("ppo").DATACLASSES, ["--dataset_format", "prompts"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "invalid choice: 'prompts'" in err and len(err.splitlines()) <= 3, err
+
+
 def test_unknown_yaml_key_names_the_key_the_file_and_the_close_match(tmp_path):
     path = recipe_with(tmp_path, "lerning_rate: 0.1\n")
     with pytest.raises(ConfigError) as err:
