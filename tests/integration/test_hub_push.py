@@ -364,17 +364,18 @@ def test_new_repository_is_private_and_public_only_when_asked(fake_hub, sft_dir,
 def test_push_into_an_existing_public_repository_is_refused_unless_asked(fake_hub, sft_dir, tmp_path):
     fake_hub.repos["me/already-public"] = {"private": False, "authorization": None, "repo_type": "model"}
     fake_hub.repos["me/already-private"] = {"private": True, "authorization": None, "repo_type": "model"}
+    run = tmp_path / "ppo"  # a copy: a push records its repository in the folder
+    shutil.copytree(sft_dir, run)
     with pytest.raises(hub.HubError, match=r"me/already-public already exists and is public.*--public"):
-        hub.push_run(sft_dir, "already-public")
-    with_value = tmp_path / "ppo"
-    shutil.copytree(sft_dir, with_value)
-    shutil.copytree(sft_dir, with_value / "value_model")
+        hub.push_run(run, "already-public")
+    shutil.copytree(sft_dir, run / "value_model")
     with pytest.raises(hub.HubError, match=r"me/already-public .*public"):  # the value model's repository too
-        hub.push_run(with_value, "me/new-policy", value_repo_id="me/already-public")
+        hub.push_run(run, "me/new-policy", value_repo_id="me/already-public")
     assert fake_hub.commits == [] and set(fake_hub.repos) == {"me/already-public", "me/already-private"}
+    assert not (run / "hub_repo.json").exists()
 
-    hub.push_run(sft_dir, "me/already-private")  # private stays private: nothing to ask
-    hub.push_run(sft_dir, "me/already-public", private=False)  # public on purpose
+    hub.push_run(run, "me/already-private")  # private stays private: nothing to ask
+    hub.push_run(run, "me/already-public", private=False)  # public on purpose
     assert [c.repo_id for c in fake_hub.commits] == ["me/already-private", "me/already-public"]
 
 
@@ -546,7 +547,9 @@ def test_push_cli_refuses_an_existing_public_repository_over_http(fake_hub, sft_
 
     fake_hub.repos["me/public-model"] = {"private": False, "authorization": None, "repo_type": "model"}
     env = _cli_env(tmp_path, HF_TOKEN=TOKEN, HF_ENDPOINT=_endpoint())
-    done = subprocess.run([sys.executable, "-m", "rlhf_recipes.hub", "sft", str(sft_dir), "--repo_id", "public-model"],
+    run = tmp_path / "sft"
+    shutil.copytree(sft_dir, run)
+    done = subprocess.run([sys.executable, "-m", "rlhf_recipes.hub", "sft", str(run), "--repo_id", "public-model"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     _assert_one_paragraph(done, "me/public-model already exists and is public", "--public")
     assert set(fake_hub.repos) == {"me/public-model"} and fake_hub.commits == []
