@@ -124,8 +124,10 @@ def hub_errors(repo_id: str) -> Iterator[None]:
     try:
         yield
     except OfflineModeIsEnabled as err:
-        raise HubError(f"Cannot push to {repo_id}: HF_HUB_OFFLINE is set. Unset it for the push "
-                       "(`env -u HF_HUB_OFFLINE make push ...`).") from err
+        raise HubError(f"Cannot push to {repo_id}: HF_HUB_OFFLINE is set, so nothing can reach the Hub (the make "
+                       "targets of the stages set it for the offline demo). Unset it for the push: run the recipe "
+                       "as `.venv/bin/python recipes/<stage>.py ...`, or push the finished folder with `make push`.") \
+            from err
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", None)
         if status not in (401, 403):

@@ -4,7 +4,8 @@ Everything above the boundary runs for real: `rlhf_recipes.hub` picks the files 
 repository and checks its visibility, the Trainer saves and pushes. `HF_ENDPOINT` points at a small HTTP server on
 127.0.0.1 that answers, over real HTTP, the calls that decide whether and where the Hub takes a push:
 
-* `GET /api/whoami-v2`            the token's owner (`FakeHub.user`), whose namespace a bare `name` goes to;
+* `GET /api/whoami-v2`            the token's owner (`FakeHub.user`), whose namespace a bare `name` goes to
+                                  (401 for a token in `FakeHub.revoked_tokens`, as every GET here);
 * `GET /api/models/<id>`,
   `GET /api/datasets/<id>`        a repository's info (`private`), or 404 RepoNotFound: put a repository in
                                   `FakeHub.repos` to have it exist before the test (e.g. public);
@@ -58,6 +59,7 @@ class FakeHub:
     models: set[str] = field(default_factory=lambda: {"openai-community/gpt2"})  # public models "on the Hub"
     refused_cards: list[str] = field(default_factory=list)  # the Hub's messages for cards it refused
     user: str = "me"  # the owner of every token: `name` alone means `me/name`
+    revoked_tokens: set[str] = field(default_factory=set)  # answered 401, as the Hub does for a revoked token
 
     def files(self, repo_id: str) -> set[str]:
         """Every path ever uploaded to `repo_id`."""
@@ -104,6 +106,9 @@ class _HubHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         hub = type(self).hub
+        if self.headers.get("Authorization") in {f"Bearer {t}" for t in hub.revoked_tokens}:
+            message = "Invalid credentials in Authorization header"
+            return self._reply(401, {"error": message}, {"X-Error-Message": message})
         if self.path == "/api/whoami-v2":
             return self._reply(200, {"type": "user", "name": hub.user, "auth": {}})
         match = re.fullmatch(r"/api/(models|datasets)/(.+?)(?:/revision/[^/]+)?", self.path.split("?")[0])

@@ -400,6 +400,18 @@ def test_a_stage_refuses_a_public_repository_before_training(fake_hub, demo_dir,
         check_hub_token(training_args)
 
 
+def test_hub_answers_a_user_fixes_are_one_paragraph_errors(fake_hub, sft_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    fake_hub.revoked_tokens.add(TOKEN)
+    with pytest.raises(hub.HubError, match=r"refused the push to me/x \(401\).*write token"):
+        hub.push_run(sft_dir, "me/x")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(hub.HubError, match="Cannot push to me/x: HF_HUB_OFFLINE is set"):
+        hub.push_run(sft_dir, "me/x")
+    assert fake_hub.repos == {} and fake_hub.commits == []
+
+
 # ---- The allow-list: exactly these files, whatever else the folder holds ----
 
 def add_private_leftovers(run: Path) -> None:
