@@ -198,8 +198,8 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = True, value_r
     """Upload a stage folder's publishable files; return the repository ids written to."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() and not (run_dir / "adapter_config.json").is_file():
-        what = "does not exist" if not run_dir.exists() else "holds no saved model (no config.json or " \
-            "adapter_config.json)"
+        what = "does not exist" if not run_dir.exists() else \
+            "holds no saved model (no config.json or adapter_config.json)"
         raise HubError(f"{run_dir} {what}: give the output_dir of a finished stage (e.g. RUN=runs/gpt2/sft).")
     api = hub_api()
     value_dir = run_dir / "value_model"
@@ -211,8 +211,8 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = True, value_r
         check_visibility(api, value_repo_id, private=private, public_flag=public_flag)
     # The Hub refuses a card whose base_model is not a Hub id; a parent pushed since training now has one.
     refresh_card_metadata(run_dir)
-    files = publishable_files(run_dir, tuple(s for s in PUBLISHED_SUBFOLDERS if not (separate_value and
-                                                                                     s == "value_model")))
+    subfolders = tuple(s for s in PUBLISHED_SUBFOLDERS if not (separate_value and s == "value_model"))
+    files = publishable_files(run_dir, subfolders)
     prepare_repo(api, repo_id, private=private, public_flag=public_flag)
     upload_files(api, run_dir, repo_id, files, commit_message=commit_message or f"Upload {run_dir.name} with "
                  "rlhf-recipes")
