@@ -308,7 +308,9 @@ def push_checkpoint(trainer, checkpoint_folder: str) -> None:
 
 @dataclass
 class PushArguments:
-    stage: str = field(default=None, metadata={"help": "Which stage the folder holds.",
+    stage: str = field(default=None, metadata={"help": "Which stage the folder holds. Stage and folder may also be "
+                                                       "the first two words: `python -m rlhf_recipes.hub ppo "
+                                                       "runs/gpt2/ppo --repo_id you/gpt2-hh-ppo`.",
                                                "choices": ["sft", "reward", "ppo", "grpo", "rloo"]})
     run_dir: str = field(default=None, metadata={"help": "The stage's output_dir (e.g. runs/gpt2/ppo)."})
     repo_id: str = field(default=None, metadata={"help": "The repository: `name` (your namespace) or "
