@@ -121,10 +121,13 @@ eval: $(BIN)/rlhf-installed
 plots: $(BIN)/rlhf-installed
 	$(BIN)/python -m rlhf_recipes.plots $(RUN)
 
+# Publish a finished stage: make push STAGE=ppo RUN=runs/gpt2/ppo ARGS="--repo_id you/gpt2-hh-ppo". Private unless
+# ARGS has --public; only allow-listed files go up (weights, config, tokenizer, card, metrics); token from HF_TOKEN.
 push: $(BIN)/rlhf-installed
 	$(BIN)/python -m rlhf_recipes.hub $(STAGE) $(RUN) $(ARGS)
 
-# Publish collected rankings as a Hub dataset: make push-labels ARGS="--hub_dataset_id you/my-rankings"
+# Publish collected rankings as a Hub dataset: make push-labels ARGS="--hub_dataset_id you/my-rankings". Private
+# unless ARGS has --hub_private_repo false; labelers appear as pseudonyms unless ARGS has --keep_labeler_names.
 push-labels: $(BIN)/rlhf-installed
 	$(BIN)/python recipes/label.py --comparisons_file $(COMPARISONS) --push_to_hub true $(ARGS)
 

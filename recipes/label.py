@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from rlhf_recipes.config import ConfigError, run_main
+from rlhf_recipes.hub import PRIVATE_REPO_HELP
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 AUTH_ENV = "RLHF_LABEL_AUTH"
@@ -36,9 +37,14 @@ class LabelArguments:
     chat_model_path: str | None = field(default=None, metadata={"help": "A policy for the Chat tab."})
     chat_num_replies: int = field(default=4, metadata={"help": "Candidate replies per chat turn (2..9)."})
     max_new_tokens: int = field(default=64, metadata={"help": "Chat reply length."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Publish the comparisons file and exit."})
+    push_to_hub: bool = field(default=False, metadata={
+        "help": "Publish the comparisons file as a Hub dataset (train.jsonl and a card; labeler names replaced by "
+                "pseudonyms) and exit, without starting the app. Needs --hub_dataset_id and HF_TOKEN."})
     hub_dataset_id: str | None = field(default=None, metadata={"help": "Dataset repository, e.g. you/my-rankings."})
-    hub_private_repo: bool = field(default=True, metadata={"help": "Create the dataset repository private."})
+    hub_private_repo: bool = field(default=True, metadata={"help": PRIVATE_REPO_HELP})
+    keep_labeler_names: bool = field(default=False, metadata={
+        "help": "Publish labeler names as they are. Default: each name is replaced by a pseudonym (a salted hash; "
+                "the salt stays in the comparisons file's folder)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code (Chat tab)."})
 
 
@@ -64,7 +70,8 @@ def main(args: LabelArguments, launch: bool = True):
 
         if not args.hub_dataset_id:
             raise ConfigError("--push_to_hub needs --hub_dataset_id (e.g. you/my-rankings).")
-        repo = push_labels(args.comparisons_file, args.hub_dataset_id, private=args.hub_private_repo)
+        repo = push_labels(args.comparisons_file, args.hub_dataset_id, private=args.hub_private_repo,
+                           keep_labeler_names=args.keep_labeler_names)
         print(f"Pushed to https://huggingface.co/datasets/{repo}")
         return None
     auth = parse_auth(args)

@@ -7,14 +7,14 @@ import rlhf_recipes  # noqa: F401 - first: it quiets bitsandbytes' import-time k
 
 # isort: split
 from transformers import TrainerCallback
-from trl import ModelConfig, SFTConfig
+from trl import ModelConfig
 
 from rlhf_recipes.config import ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset
 from rlhf_recipes.host_memory import keep_freed_memory
 from rlhf_recipes.models import check_lengths, load_model, load_tokenizer
 from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
-from rlhf_recipes.sft import SFTTrainer
+from rlhf_recipes.sft import SFTConfig, SFTTrainer
 
 
 class FirstEvaluation(TrainerCallback):

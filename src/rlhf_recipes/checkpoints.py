@@ -23,6 +23,7 @@ import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import UserError
+from .hub import HubPushMixin
 from .preemption import PreemptionCallback
 
 logger = logging.getLogger(__name__)
@@ -170,9 +171,10 @@ def _any_rank(flag: bool, device) -> bool:
     return bool(value.item())
 
 
-class AtomicCheckpointMixin:
+class AtomicCheckpointMixin(HubPushMixin):
     """Mix into a `transformers.Trainer` subclass (before it in the bases): atomic, manifested `_save_checkpoint`,
-    and a stop with a checkpoint on SIGTERM/SIGINT (`preemption.PreemptionCallback`)."""
+    a stop with a checkpoint on SIGTERM/SIGINT (`preemption.PreemptionCallback`), and checkpoint pushes of the
+    allow-listed files only (`hub.HubPushMixin`)."""
 
     _staging_root: str | None = None
     _push_after_rename: bool = False

@@ -41,18 +41,19 @@ def resolve_resume_checkpoint(training_args) -> str | None:
 
 
 def check_hub_token(training_args) -> None:
-    """Refuse a token given as an argument; with `push_to_hub`, fail before training when no token is available."""
+    """Refuse a token given as an argument; with `push_to_hub`, check before training what the push needs (a token,
+    a safe `hub_strategy`, a repository that is new, private or public on purpose; `hub.check_training_push`)."""
     if getattr(training_args, "hub_token", None) is not None:
         # The training arguments are pickled into training_args.bin, which the Trainer uploads with the model.
         raise ConfigError("Do not pass the Hub token as `hub_token`/`--hub_token`: the training arguments are saved "
                          "(training_args.bin) and uploaded with the model. Export HF_TOKEN or run `hf auth login`.")
     if not getattr(training_args, "push_to_hub", False):
         return
-    from .hub import require_token
+    from .hub import HubError, check_training_push
 
     try:
-        require_token()
-    except ValueError as err:
+        check_training_push(training_args)
+    except HubError as err:
         raise ConfigError(f"push_to_hub is set, but: {err} Do it before launching, so the run can publish.") from err
 
 
@@ -103,11 +104,12 @@ def save_stage(
         trainer.accelerator.wait_for_everyone()
         if trainer.accelerator.is_main_process:
             # Our uploader rather than Trainer.push_to_hub: the folder is already complete (and gathered under
-            # ZeRO-3), our model card stays, and pickles (training_args.bin) and checkpoints stay local.
-            from .hub import push_run
+            # ZeRO-3), our model card stays, and only the allow-listed files go up (no pickles, no checkpoints).
+            from .hub import PUBLIC_FLAG_STAGE, push_run
 
             push_run(output_dir, trainer.hub_model_id or trainer.args.hub_model_id or output_dir.name,
-                     private=bool(trainer.args.hub_private_repo), commit_message=f"{stage}: final model")
+                     private=trainer.args.hub_private_repo is not False, commit_message=f"{stage}: final model",
+                     public_flag=PUBLIC_FLAG_STAGE)
         trainer.accelerator.wait_for_everyone()
     return output_dir
 

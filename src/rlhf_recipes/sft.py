@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import trl
 from datasets import Dataset
 from trl import SFTTrainer as TrlSFTTrainer
 
 from .checkpoints import SafeTrainerMixin
 from .data import encode_text
+from .hub import HubPushArguments
+
+
+@dataclass
+class SFTConfig(HubPushArguments, trl.SFTConfig):
+    """TRL's SFTConfig (every field, same names and defaults), except pushes: private by default."""
 
 
 def encode_sft_example(tokenizer, prompt: str, completion: str) -> dict[str, Any]:

@@ -1,10 +1,15 @@
 """A fake Hugging Face Hub for the publishing tests: a local HTTP stand-in plus patches at the upload boundary.
 
-Everything above the boundary runs for real: `HfApi.upload_folder` lists the folder and applies the ignore
-patterns, `Trainer.push_to_hub` saves and picks its files. `HF_ENDPOINT` points at a small HTTP server on
-127.0.0.1 that answers, over real HTTP, the two calls that decide whether the Hub takes a push:
+Everything above the boundary runs for real: `rlhf_recipes.hub` picks the files (its allow-list), resolves the
+repository and checks its visibility, the Trainer saves and pushes. `HF_ENDPOINT` points at a small HTTP server on
+127.0.0.1 that answers, over real HTTP, the calls that decide whether and where the Hub takes a push:
 
-* `POST /api/repos/create`        records the repository (id, private, the token sent); 409 when it exists;
+* `GET /api/whoami-v2`            the token's owner (`FakeHub.user`), whose namespace a bare `name` goes to
+                                  (401 for a token in `FakeHub.revoked_tokens`, as every GET here);
+* `GET /api/models/<id>`,
+  `GET /api/datasets/<id>`        a repository's info (`private`), or 404 RepoNotFound: put a repository in
+                                  `FakeHub.repos` to have it exist before the test (e.g. public);
+* `POST /api/repos/create`        records the repository (id, type, private, the token sent); 409 when it exists;
 * `POST /api/validate-yaml`       the Hub's check of the model card's metadata: 400 with the Hub's message when
                                   `base_model` is not the id of a model on the Hub (one created here or in
                                   `FakeHub.models`) or `datasets` holds something that is not a Hub id.
@@ -15,7 +20,8 @@ The file transfer itself (LFS/Xet and the commit call) is patched, because it is
                                   would never look at);
 * `HfApi.create_commit` and
   `_upload_pipeline.pipelined_upload` (the path `upload_folder` takes when `hf_xet` is installed)
-                                  record each commit: repository, message, token, and the bytes of every file.
+                                  record each commit: repository, message, token, and the bytes of every file
+                                  (`create_commit` first has the stand-in validate a README.md, as the real one does).
 
 Any other request reaches the stand-in, which answers 404, and fails the test.
 """
@@ -52,6 +58,8 @@ class FakeHub:
     errors: list[Exception] = field(default_factory=list)  # raised inside background (future) uploads
     models: set[str] = field(default_factory=lambda: {"openai-community/gpt2"})  # public models "on the Hub"
     refused_cards: list[str] = field(default_factory=list)  # the Hub's messages for cards it refused
+    user: str = "me"  # the owner of every token: `name` alone means `me/name`
+    revoked_tokens: set[str] = field(default_factory=set)  # answered 401, as the Hub does for a revoked token
 
     def files(self, repo_id: str) -> set[str]:
         """Every path ever uploaded to `repo_id`."""
@@ -86,24 +94,42 @@ def _metadata_errors(hub: FakeHub, content: str) -> list[str]:
 class _HubHandler(BaseHTTPRequestHandler):
     hub: FakeHub | None = None  # the FakeHub of the test being run
 
-    def _reply(self, status: int, body: dict) -> None:
+    def _reply(self, status: int, body: dict, headers: dict | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        hub = type(self).hub
+        if self.headers.get("Authorization") in {f"Bearer {t}" for t in hub.revoked_tokens}:
+            message = "Invalid credentials in Authorization header"
+            return self._reply(401, {"error": message}, {"X-Error-Message": message})
+        if self.path == "/api/whoami-v2":
+            return self._reply(200, {"type": "user", "name": hub.user, "auth": {}})
+        match = re.fullmatch(r"/api/(models|datasets)/(.+?)(?:/revision/[^/]+)?", self.path.split("?")[0])
+        if match:
+            repo_id, repo_type = match.group(2), "dataset" if match.group(1) == "datasets" else "model"
+            repo = hub.repos.get(repo_id)
+            if repo is None or (repo.get("repo_type") or "model") != repo_type:
+                return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            return self._reply(200, {"id": repo_id, "private": repo["private"], "sha": "0" * 40, "siblings": []})
+        return self._reply(404, {"error": f"the stand-in Hub does not serve GET {self.path}"})
+
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         hub = type(self).hub
         if self.path == "/api/repos/create":
-            repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
+            repo_id = f"{body.get('organization') or hub.user}/{body['name']}"
             if repo_id in hub.repos:
                 return self._reply(409, {"error": "You already created this model repo", "url": repo_id})
             hub.repos[repo_id] = {"private": body.get("visibility") == "private",
                                   "authorization": self.headers.get("Authorization"),
-                                  "repo_type": body.get("type")}
+                                  "repo_type": body.get("type") or "model"}
             return self._reply(200, {"url": f"http://{self.headers['Host']}/{repo_id}"})
         if self.path == "/api/validate-yaml":
             errors = _metadata_errors(hub, body.get("content", ""))
@@ -169,8 +195,13 @@ def install_fake_hub(monkeypatch) -> FakeHub:
         return CommitInfo(commit_url=f"{api.endpoint}/{repo_id}/commit/{'0' * 40}", commit_message=commit_message,
                           commit_description="", oid="0" * 40, _endpoint=api.endpoint)
 
-    def create_commit(self, repo_id, operations, *, commit_message, token=None, **_):
-        return record(self, repo_id, list(operations), commit_message, token)
+    def create_commit(self, repo_id, operations, *, commit_message, token=None, repo_type=None, **_):
+        operations = list(operations)
+        for op in operations:  # as the real create_commit: the card's metadata is checked by the Hub first
+            if isinstance(op, CommitOperationAdd) and op.path_in_repo == "README.md":
+                with op.as_file() as file:
+                    self._validate_yaml(file.read().decode(), repo_type=repo_type, token=token)
+        return record(self, repo_id, operations, commit_message, token)
 
     def pipelined_upload(api, *, repo_id, add_operations, delete_operations, commit_message, token=None, **_):
         return record(api, repo_id, list(delete_operations) + list(add_operations), commit_message, token)

@@ -150,23 +150,3 @@ def test_rank_two_items_in_a_real_browser_by_clicks_and_keys(served, browser):
     page.wait_for_selector("#stats:has-text('2 rankings')")
     if screenshot_dir:
         page.screenshot(path=str(Path(screenshot_dir) / "label-stats.png"))
-
-
-def test_push_labels_as_a_hub_dataset_with_a_card(tmp_path, monkeypatch):
-    from hub_fakes import install_fake_hub, remove_every_token
-
-    store, comparisons = make_store(tmp_path)
-    store.submit("ann", "item0", "3,1,0,2")
-    monkeypatch.setenv("HF_TOKEN", "hf_fake_write_token_for_tests")
-    hub = install_fake_hub(monkeypatch)
-    label = load_recipe("label")
-    label.main(label.LabelArguments(comparisons_file=str(comparisons), push_to_hub=True, hub_dataset_id="me/labels"))
-    assert hub.repos["me/labels"]["private"] is True
-    files = hub.files("me/labels")
-    assert files == {"train.jsonl", "README.md"}
-    uploaded = {path: data for c in hub.commits for path, data in c.files.items()}
-    assert uploaded["train.jsonl"] == comparisons.read_bytes()
-    assert b"1 rankings" in uploaded["README.md"] and b"--dataset_format ranking" in uploaded["README.md"]
-    remove_every_token(monkeypatch, tmp_path)
-    with pytest.raises(ValueError, match="No Hugging Face token"):
-        label.main(label.LabelArguments(comparisons_file=str(comparisons), push_to_hub=True, hub_dataset_id="me/x"))

@@ -209,5 +209,8 @@ def test_push_to_hub_without_a_token_fails_before_training(demo_dir, tmp_path, m
     assert not out.exists()  # nothing trained, nothing saved
 
     # The same arguments pass the check once a token exists (so the failure above is the token's).
+    from hub_fakes import install_fake_hub
+
+    install_fake_hub(monkeypatch)  # the check also looks the repository up (a public one is refused)
     monkeypatch.setenv("HF_TOKEN", "hf_dummy_token_for_the_check")
     check_hub_token(parse_recipe_args(load_recipe("sft").DATACLASSES, args)[1])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import trl
 
 from ..config import ConfigError
+from ..hub import HubPushArguments
 
 
 @dataclass
@@ -36,10 +37,12 @@ class RewardModelArguments:
 
 
 @dataclass
-class GRPOConfig(trl.GRPOConfig, RewardModelArguments):
-    """TRL's GRPOConfig (every field, same names and defaults) with our reward-model fields."""
+class GRPOConfig(HubPushArguments, trl.GRPOConfig, RewardModelArguments):
+    """TRL's GRPOConfig (every field, same names and defaults, except pushes: private by default) with our
+    reward-model fields."""
 
 
 @dataclass
-class RLOOConfig(trl.RLOOConfig, RewardModelArguments):
-    """TRL's RLOOConfig (every field, same names and defaults) with our reward-model fields."""
+class RLOOConfig(HubPushArguments, trl.RLOOConfig, RewardModelArguments):
+    """TRL's RLOOConfig (every field, same names and defaults, except pushes: private by default) with our
+    reward-model fields."""

@@ -19,6 +19,7 @@ from trl import ModelConfig
 
 from ..data import encode_text, load_stage_dataset
 from ..host_memory import keep_freed_memory
+from ..hub import with_allow_list_push
 from ..models import check_lengths, load_model, load_policy_tokenizer, lora_config, score_responses
 from ..outputs import check_hub_token, resolve_resume_checkpoint, save_stage
 from .config import RewardModelArguments
@@ -79,7 +80,8 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
                               trust_remote_code=remote, apply_lora=False)
     reward = RewardModelReward(reward_model, tokenizer, missing_eos_penalty=training_args.missing_eos_penalty,
                                batch_size=training_args.reward_batch_size)
-    trainer = trainer_class(model=policy, reward_funcs=reward, args=training_args, train_dataset=dataset["train"],
+    # Checkpoint pushes during training upload the allow-listed files only (TRL's trainers upload the folder).
+    trainer = with_allow_list_push(trainer_class)(model=policy, reward_funcs=reward, args=training_args, train_dataset=dataset["train"],
                             eval_dataset=dataset["test"] if "test" in dataset else None, processing_class=tokenizer,
                             peft_config=lora_config(model_args) if model_args.use_peft else None)
     reward.to(trainer.accelerator.device)  # a plain callable: TRL leaves its placement to us

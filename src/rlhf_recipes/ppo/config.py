@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
+from ..hub import HubPushArguments
+
 
 def cpu_has_amx_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """True when the CPU has AMX bf16 tiles (Intel Sapphire Rapids and later), where bf16 matmuls run several
@@ -34,7 +36,7 @@ def _accelerator_available() -> bool:
 
 
 @dataclass
-class PPOConfig(TrainingArguments):
+class PPOConfig(HubPushArguments, TrainingArguments):
     # ---- TRL's PPOConfig / OnPolicyConfig fields (same names, same meaning) ----
     sft_model_path: str = field(default=None, metadata={"help": "The SFT policy pi_SFT: start and KL reference."})
     reward_model_path: str = field(default=None, metadata={"help": "The reward model r(x, y) (frozen)."})

@@ -6,12 +6,15 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig as TrlRewardConfig
 
+from ..hub import HubPushArguments
+
 RANKING_BATCHING = ("pairs", "grouped")
 
 
 @dataclass
-class RewardConfig(TrlRewardConfig):
-    """TRL's `RewardConfig` with the options InstructGPT's reward model needs on top.
+class RewardConfig(HubPushArguments, TrlRewardConfig):
+    """TRL's `RewardConfig` with the options InstructGPT's reward model needs on top (and private pushes by
+    default, `hub.HubPushArguments`).
 
     `ranking_batching`: `pairs` expands each ranking of K into C(K,2) independent pairs; `grouped` keeps the K
     responses of a prompt together as one batch element (K forward passes, loss averaged over its C(K,2) pairs; see
