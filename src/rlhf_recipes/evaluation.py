@@ -41,13 +41,13 @@ class EvalArguments:
         default=None, metadata={"help": "KL reference (default: the first policy)."}
     )
     output_dir: str = field(default="runs/eval", metadata={"help": "Where eval_results.json and report.md go."})
-    num_prompts: int = field(default=64, metadata={"help": "Prompts from the evaluation split."})
-    response_length: int = field(default=24, metadata={"help": "Maximum new tokens."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
-    seed: int = field(default=1234, metadata={"help": "Sampling seed (each policy uses the same one)."})
+    num_prompts: int = field(default=64, metadata={"range": "[1, inf)", "help": "Prompts from the evaluation split."})
+    response_length: int = field(default=24, metadata={"range": "[1, inf)", "help": "Maximum new tokens."})
+    temperature: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "Sampling temperature."})
+    batch_size: int = field(default=32, metadata={"range": "[1, inf)", "help": "Prompts per generation batch."})
+    seed: int = field(default=1234, metadata={"range": "[0, 4294967295]", "help": "Sampling seed (each policy uses the same one)."})
     simulated_labeler: bool = field(default=False, metadata={"help": "Score with the demo's simulated labeler."})
-    judges: list[str] = field(default_factory=list, metadata={
+    judges: list[str] = field(default_factory=list, metadata={"choices": ["vader", "afinn"],
         "help": "Independent sentiment judges (`vader`, `afinn`; needs the `judges` extra): their win rate against "
                 "the first policy, per prompt, ties half."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})

@@ -25,10 +25,10 @@ class RewardModelArguments:
     )
     missing_eos_penalty: float | None = field(
         default=None,
-        metadata={"help": "Subtracted from the score of a completion that hit max_completion_length without EOS "
+        metadata={"range": "[0, inf)", "help": "Subtracted from the score of a completion that hit max_completion_length without EOS "
                           "(as PPO's missing_eos_penalty)."},
     )
-    reward_batch_size: int = field(default=64, metadata={"help": "Completions per reward-model forward."})
+    reward_batch_size: int = field(default=64, metadata={"range": "[1, inf)", "help": "Completions per reward-model forward."})
 
     def check_reward_model(self) -> None:
         if not self.reward_model_path:
