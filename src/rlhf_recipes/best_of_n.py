@@ -40,8 +40,8 @@ def best_of_n_kl(n: int) -> float:
 class BestOfNArguments:
     """Arguments of `recipes/best_of_n.py` (the prompts come from `ScriptArguments.dataset_name`)."""
 
-    policy_path: str | None = field(default=None, metadata={"help": "The policy to sample from (the SFT model)."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "The reward model that picks the best."})
+    policy_path: str | None = field(default=None, metadata={"role": "policy", "help": "The policy to sample from (the SFT model)."})
+    reward_model_path: str | None = field(default=None, metadata={"role": "reward", "help": "The reward model that picks the best."})
     n: int = field(default=4, metadata={"range": "[1, inf)", "help": "Responses sampled per prompt."})
     split: str = field(default="test", metadata={"help": "Prompt split: 'test' (held out) or 'train'."})
     num_prompts: int | None = field(default=None, metadata={"range": "[1, inf)", "help": "Use the first N prompts of the split."})

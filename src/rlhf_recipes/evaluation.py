@@ -33,12 +33,12 @@ JUDGE_COLUMNS = [f"{j}_{m}" for j in ("vader", "afinn") for m in ("score", "win_
 class EvalArguments:
     """Arguments of `recipes/evaluate.py` (the prompts come from `ScriptArguments.dataset_name`)."""
 
-    policy_paths: list[str] = field(default_factory=list, metadata={"help": "Policies to compare; the first is "
+    policy_paths: list[str] = field(default_factory=list, metadata={"role": "policy", "help": "Policies to compare; the first is "
                                                                             "the baseline of the win rate."})
     policy_names: list[str] = field(default_factory=list, metadata={"help": "Display names (default: folder)."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "Judge: the (normalised) reward model."})
+    reward_model_path: str | None = field(default=None, metadata={"role": "reward", "help": "Judge: the (normalised) reward model."})
     reference_model_path: str | None = field(
-        default=None, metadata={"help": "KL reference (default: the first policy)."}
+        default=None, metadata={"role": "policy", "help": "KL reference (default: the first policy)."}
     )
     output_dir: str = field(default="runs/eval", metadata={"help": "Where eval_results.json and report.md go."})
     num_prompts: int = field(default=64, metadata={"range": "[1, inf)", "help": "Prompts from the evaluation split."})

@@ -87,7 +87,7 @@ class Judge:
         self.tokenizer = load_tokenizer(str(demo / "sft"), padding_side="left")
         self.model_args = ModelConfig(model_name_or_path=str(demo / "sft"), dtype="float32")
         self.sft = self.load(demo / "sft")
-        self.reward_model = load_model(self.model_args, self.tokenizer, kind="reward",
+        self.reward_model = load_model(self.model_args, self.tokenizer, kind="reward", role="reward",
                                        model_name_or_path=str(demo / "reward"), apply_lora=False).eval()
         source = args.eval_prompts or str(demo / "data/heldout/prompts.jsonl")
         dataset, _ = load_stage_dataset(ScriptArguments(dataset_name=source), "prompts")

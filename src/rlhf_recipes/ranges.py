@@ -128,6 +128,37 @@ INHERITED_RANGES: dict[str, Any] = {
 }
 
 
+# ---- Model roles of path fields (see `models.ROLES`): ours are in field metadata (`"role": "reward"`) ----
+INHERITED_ROLES: dict[str, str] = {"model_name_or_path": "policy"}
+# A stage whose config class is present gives a path field another role: the reward stage puts a head on its model.
+STAGE_ROLES: dict[str, dict[str, str]] = {"RewardConfig": {"model_name_or_path": "reward_base"}}
+
+
+def field_roles(dataclass_types: Iterable[type]) -> dict[str, str]:
+    """Path field -> model role, for the dataclasses of one command."""
+    roles: dict[str, str] = {}
+    class_names = {klass.__name__ for cls in dataclass_types for klass in cls.__mro__}
+    for cls in dataclass_types:
+        for f in dataclasses.fields(cls):
+            role = f.metadata.get("role") or INHERITED_ROLES.get(f.name)
+            if role:
+                roles.setdefault(f.name, role)
+    for name in class_names & set(STAGE_ROLES):
+        roles.update(STAGE_ROLES[name])
+    return roles
+
+
+def check_roles(dataclass_types: Iterable[type], values: dict[str, Any]) -> None:
+    """Refuse a local checkpoint of the wrong kind in any path field (a reward model as the policy, ...)."""
+    from .models import check_model_role
+
+    for name, role in field_roles(dataclass_types).items():
+        value = values.get(name)
+        for path in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(path, str) and path:
+                check_model_role(path, role, name)
+
+
 # ---- What a field declares ----
 @dataclass(frozen=True)
 class Interval:
@@ -272,9 +303,11 @@ def _value_problem(name: str, value: Any, spec: Spec, annotation: Any, owner: st
     return None
 
 
-def check_values(dataclass_types: Iterable[type], values: dict[str, Any]) -> None:
+def check_values(dataclass_types: Iterable[type], values: dict[str, Any], *, roles: bool = True) -> None:
     """Check `values` (field name -> value, as parsed) against every declared range and cross-field rule of
-    `dataclass_types`; raise one `ConfigError` naming each field, its value and its range."""
+    `dataclass_types`, raising one `ConfigError` naming each field, its value and its range; then the model role of
+    every local checkpoint path (`check_roles`)."""
+    dataclass_types = list(dataclass_types)
     problems: list[str] = []
     names: set[str] = set()
     checked: set[str] = set()
@@ -290,18 +323,21 @@ def check_values(dataclass_types: Iterable[type], values: dict[str, Any]) -> Non
     if not problems:  # cross-field rules assume each value is in its own range
         for check in RULES:
             problems.extend(check(values, names))
+    if not problems and roles:
+        check_roles(dataclass_types, values)
     if problems:
         raise ConfigError("Invalid setting" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems)
                           + ". Fix it in the recipe YAML or on the command line (`--help` describes each).")
 
 
 def check_arguments(*instances: Any) -> None:
-    """`check_values` for dataclass instances built in code rather than parsed."""
+    """`check_values` for dataclass instances built in code rather than parsed (ranges and rules; the model roles
+    of their paths are checked when the command parses them, and again by `models.load_model`)."""
     values: dict[str, Any] = {}
     for instance in instances:
         for f in dataclasses.fields(instance):
             values.setdefault(f.name, getattr(instance, f.name))
-    check_values([type(i) for i in instances], values)
+    check_values([type(i) for i in instances], values, roles=False)
 
 
 def _world_size() -> int:
@@ -367,5 +403,5 @@ def _names_match_paths(values: dict[str, Any], classes: set[str]) -> Iterable[st
                "`policy_paths`; give one name per policy, or none")
 
 
-__all__ = ["INHERITED_RANGES", "RULES", "Spec", "check_arguments", "check_values", "declared_spec", "field_specs",
+__all__ = ["INHERITED_RANGES", "INHERITED_ROLES", "RULES", "STAGE_ROLES", "check_roles", "field_roles", "Spec", "check_arguments", "check_values", "declared_spec", "field_specs",
            "parse_spec", "rule"]

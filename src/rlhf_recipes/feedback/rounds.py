@@ -86,7 +86,7 @@ def _rm_accuracy(reward_path: str | Path, items: list[tuple[str, list[str], list
 
     tokenizer = load_tokenizer(str(reward_path), padding_side="left")
     model = load_model(ModelConfig(model_name_or_path=str(reward_path), dtype="float32"), tokenizer, kind="reward",
-                       apply_lora=False).eval()
+                       role="reward", apply_lora=False).eval()
     correct = total = 0
     for prompt, responses, ranking in items:
         ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for r in responses]

@@ -40,7 +40,7 @@ class SampleArguments:
 
     output_file: str = field(default="runs/samples.jsonl", metadata={"help": "JSONL to write (appended, resumable)."})
     num_responses_per_prompt: int = field(default=4, metadata={"range": "[2, 9]", "help": "K distinct answers per prompt (2..9)."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "Score each answer with this (normalised) "
+    reward_model_path: str | None = field(default=None, metadata={"role": "reward", "help": "Score each answer with this (normalised) "
                                                                           "reward model (rm_scores); none: null."})
     max_new_tokens: int = field(default=64, metadata={"range": "[1, inf)", "help": "Longest answer, in tokens."})
     temperature: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "Sampling temperature (1.0: the policy's own "
@@ -235,7 +235,7 @@ def run_sampling(script_args, args: SampleArguments, model_args) -> dict[str, An
     reward_model = None
     if args.reward_model_path:
         check_same_tokenizer(tokenizer, args.reward_model_path, remote)
-        reward_model = load_model(model_args, tokenizer, kind="reward", model_name_or_path=args.reward_model_path,
+        reward_model = load_model(model_args, tokenizer, kind="reward", role="reward", model_name_or_path=args.reward_model_path,
                                   trust_remote_code=remote, apply_lora=False).to(state.device).eval()
     context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     max_prompt_tokens = context - args.max_new_tokens if context else None

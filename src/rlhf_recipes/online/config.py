@@ -18,10 +18,10 @@ class RewardModelArguments:
     """Where the policy starts and what scores it; shared by the GRPO and RLOO stages."""
 
     sft_model_path: str | None = field(
-        default=None, metadata={"help": "The SFT policy to start from (default: model_name_or_path)."}
+        default=None, metadata={"role": "policy", "help": "The SFT policy to start from (default: model_name_or_path)."}
     )
     reward_model_path: str | None = field(
-        default=None, metadata={"help": "The reward model (stage 2 folder or Hub id); its normalisation is applied."}
+        default=None, metadata={"role": "reward", "help": "The reward model (stage 2 folder or Hub id); its normalisation is applied."}
     )
     missing_eos_penalty: float | None = field(
         default=None,

@@ -36,8 +36,8 @@ def _accelerator_available() -> bool:
 @dataclass
 class PPOConfig(TrainingArguments):
     # ---- TRL's PPOConfig / OnPolicyConfig fields (same names, same meaning) ----
-    sft_model_path: str = field(default=None, metadata={"help": "The SFT policy pi_SFT: start and KL reference."})
-    reward_model_path: str = field(default=None, metadata={"help": "The reward model r(x, y) (frozen)."})
+    sft_model_path: str = field(default=None, metadata={"role": "policy", "help": "The SFT policy pi_SFT: start and KL reference."})
+    reward_model_path: str = field(default=None, metadata={"role": "reward", "help": "The reward model r(x, y) (frozen)."})
     num_ppo_epochs: int = field(default=4, metadata={"range": "[1, inf)", "help": "Passes over each batch of episodes."})
     num_mini_batches: int = field(default=1, metadata={"range": "[1, inf)", "help": "Minibatches (optimizer steps) per PPO epoch."})
     total_episodes: int | None = field(default=None, metadata={"range": "[1, inf)", "help": "Episodes to train on (default: one epoch)."})
@@ -75,10 +75,10 @@ class PPOConfig(TrainingArguments):
 
     # ---- Ours ----
     value_model_path: str | None = field(
-        default=None, metadata={"help": "Value function init (default: the reward model, as in InstructGPT)."}
+        default=None, metadata={"role": "value", "help": "Value function init (default: the reward model, as in InstructGPT)."}
     )
     policy_model_path: str | None = field(
-        default=None, metadata={"help": "Start the policy from this checkpoint instead of sft_model_path (the data "
+        default=None, metadata={"role": "policy", "help": "Start the policy from this checkpoint instead of sft_model_path (the data "
                                         "loop continues from its last policy); the KL reference stays pi_SFT."}
     )
     target_kl: float | None = field(
