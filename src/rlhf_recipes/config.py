@@ -36,6 +36,18 @@ class ConfigError(UserError, ValueError):
     """A recipe's configuration is wrong; the message says which key, where, and how to fix it."""
 
 
+class MissingPathError(UserError, FileNotFoundError):
+    """An input file or folder a setting names does not exist; the message names the setting and the path."""
+
+
+def require_paths(field_name: str, folder: str | os.PathLike, needed: tuple[str, ...], hint: str) -> None:
+    """Refuse, before any work, a folder setting (`--demo_dir`, ...) that lacks a part the command reads."""
+    missing = [part for part in needed if not os.path.exists(os.path.join(folder, part))]
+    if not os.path.isdir(folder) or missing:
+        what = "does not exist" if not os.path.isdir(folder) else f"lacks {', '.join(missing)}"
+        raise MissingPathError(f"`{field_name}` = {folder} {what}. {hint}")
+
+
 @dataclass
 class ScriptArguments(TrlScriptArguments):
     """Dataset arguments shared by every stage (TRL's `ScriptArguments` plus the options of our dataset loader).
@@ -263,8 +275,8 @@ def run_main(main: Callable[..., Any], dataclass_types: tuple[type, ...], args: 
         sys.exit(USER_ERROR_EXIT_CODE)
 
 
-__all__ = ["ConfigError", "ModelConfig", "RecipeParser", "ScriptArguments", "UserError", "check_config_keys",
-           "parse_recipe_args", "run_main", "user_set_fields"]
+__all__ = ["ConfigError", "MissingPathError", "ModelConfig", "RecipeParser", "ScriptArguments", "UserError", "check_config_keys",
+           "parse_recipe_args", "require_paths", "run_main", "user_set_fields"]
 
 
 def load_recipe_module(path: str | os.PathLike) -> ModuleType:

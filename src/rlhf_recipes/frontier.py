@@ -34,7 +34,7 @@ import torch
 from trl import ModelConfig
 
 from .best_of_n import best_of_n, best_of_n_kl
-from .config import ConfigError, ScriptArguments, load_recipe_module, parse_recipe_args
+from .config import ConfigError, ScriptArguments, load_recipe_module, parse_recipe_args, require_paths, run_main
 from .data import load_stage_dataset
 from .demo.judges import judge_scores
 from .evaluation import EvalArguments, evaluate_policies
@@ -189,11 +189,10 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
     if unknown:
         raise ConfigError(f"Unknown method(s) {sorted(unknown)} in --methods; choose from {METHODS}.")
     demo, recipes = Path(args.demo_dir), Path(args.recipes_dir)
+    require_paths("demo_dir", demo, ("sft", "reward", "data/prompts", "data/heldout"),
+                  "Build the demo first (`make demo`), or point --demo_dir at one.")
     out = Path(args.output_dir or demo / "frontier")
     out.mkdir(parents=True, exist_ok=True)
-    for needed in ("sft", "reward", "data/prompts", "data/heldout"):
-        if not (demo / needed).exists():
-            raise FileNotFoundError(f"{demo / needed} is missing: build the demo first (`make demo`).")
     torch.manual_seed(args.seed)
     judge = Judge(args)
     common = ["--sft_model_path", str(demo / "sft"), "--model_name_or_path", str(demo / "sft"),
@@ -296,8 +295,7 @@ def write_frontier(out: Path, points: list[dict[str, Any]], thresholds: Sequence
                                      + markdown_table(points, columns) + "\n")
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    (args,) = parse_recipe_args((FrontierArguments,), argv)
+def _main(args: FrontierArguments) -> list[dict[str, Any]]:
     points = run_frontier(args)
     print("\n".join(summary_lines(points, args.gold_thresholds)))
     print(f"Wrote {len(points)} points to {Path(args.output_dir or Path(args.demo_dir) / 'frontier')}")
@@ -305,6 +303,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 __all__ = ["FrontierArguments", "run_frontier", "summary_lines", "time_to"]
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """`python -m rlhf_recipes.frontier`: a user error exits 2 with one paragraph, as every recipe does."""
+    return run_main(_main, (FrontierArguments,), argv)
+
 
 if __name__ == "__main__":
     main()

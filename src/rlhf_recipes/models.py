@@ -204,10 +204,15 @@ def check_lengths(args, model_paths: str | list[str | None], *, stage: str, gene
     """Check every length field of `args` against the smallest context of `model_paths`, before anything trains.
 
     `generation=(prompt_field, response_field)`: the response is generated after the prompt, so it must leave room
-    for one (and the two together must fit when both are set). `fill_unset`: fields that are None get the context,
-    with a warning (TRL would not truncate at all, and positions past the context fail inside the embedding).
+    for one (and the two together must fit when both are set). A length the user set (in the YAML or as a flag;
+    `config.user_set_fields`) that does not fit is an error. One the user did not set is a default of ours, TRL's
+    or transformers', and is fitted with a warning instead: the fields in `fill_unset` become the context (TRL would
+    not truncate at all when None, and its 1024 is not the model's window), others are lowered only where they do
+    not fit (a response to half the context, a prompt to what the response leaves).
     Returns the context length. Raises `ContextLengthError` listing every field that does not fit.
     """
+    from .config import user_set_fields
+
     paths = [model_paths] if isinstance(model_paths, str) else [p for p in model_paths if p]
     known = {p: c for p in dict.fromkeys(paths)
              if (c := context_length(p, revision=revision, trust_remote_code=trust_remote_code)) is not None}
@@ -216,20 +221,37 @@ def check_lengths(args, model_paths: str | list[str | None], *, stage: str, gene
     source = min(known, key=known.get)
     context = known[source]
     where = f"the {context}-token context of {source}"
+    user_set = user_set_fields(args)
+
+    def unset(name: str) -> bool:
+        return user_set is not None and name not in user_set
+
+    def fit(name: str, value: int) -> None:
+        logger.warning("%s: %s is unset; using %d (%s) instead of the default %s.", stage, name, value, where,
+                       getattr(args, name))
+        setattr(args, name, value)
+
     problems = []
+    generated = set(generation or ()) - {None}
     for name in LENGTH_FIELDS:
         value = getattr(args, name, None)
-        if value is None and name in fill_unset:
-            logger.warning("%s: %s is unset; using %d, %s.", stage, name, context, where)
-            setattr(args, name, context)
+        if name in fill_unset and (value is None or (unset(name) and value != context)):
+            fit(name, context)
         elif isinstance(value, int) and value < 1:
             problems.append(f"{name} must be at least 1, got {value}")
-        elif isinstance(value, int) and value > context:
+        elif isinstance(value, int) and value > context and unset(name) and name not in generated:
+            fit(name, context)
+        elif isinstance(value, int) and value > context and not (unset(name) and name in generated):
             problems.append(f"{name} {value} is longer than {where}; set it to at most {context}")
     if generation is not None:
         prompt_field, response_field = generation
         response = getattr(args, response_field, None)
         prompt = getattr(args, prompt_field, None) if prompt_field else None
+        if isinstance(response, int) and response >= context and unset(response_field):
+            fit(response_field, response := context // 2)
+        if isinstance(prompt, int) and isinstance(response, int) and prompt + response > context \
+                and unset(prompt_field) and response < context:
+            fit(prompt_field, prompt := context - response)
         if isinstance(response, int) and response >= context:
             problems.append(f"{response_field} {response} leaves no room for a prompt in {where}; lower it")
         elif isinstance(response, int) and isinstance(prompt, int) and prompt + response > context:

@@ -161,3 +161,41 @@ def test_unset_trl_defaults_print_no_deprecation_warning_and_set_ones_are_kept(t
         _, args, _ = parse_recipe_args(COMMANDS["sft"], ["--output_dir", str(tmp_path),
                                                         "--gradient_checkpointing", "false"])
     assert args.activation_checkpointing is False
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from gpt2_like import save_gpt2_like
+
+    return save_gpt2_like(tmp_path_factory.mktemp("tiny") / "model")  # a 64-token context
+
+
+def test_an_unset_length_becomes_the_context_with_a_warning_and_a_set_one_beyond_it_is_an_error(tiny_model, tmp_path,
+                                                                                                caplog):
+    from rlhf_recipes.models import ContextLengthError, check_lengths
+
+    model = str(tiny_model)
+    _, sft, _ = parse_recipe_args(COMMANDS["sft"], ["--output_dir", str(tmp_path)])
+    assert sft.max_length == 1024  # TRL's default, which the user never set
+    with caplog.at_level("WARNING", logger="rlhf_recipes.models"):
+        check_lengths(sft, model, stage="SFT", fill_unset=("max_length",))
+    assert sft.max_length == 64 and "max_length is unset; using 64" in caplog.text
+
+    _, grpo, _ = parse_recipe_args(COMMANDS["grpo"], ["--output_dir", str(tmp_path)])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rlhf_recipes.models"):
+        check_lengths(grpo, model, stage="GRPO", generation=(None, "max_completion_length"))
+    assert grpo.max_completion_length == 32 and "max_completion_length is unset; using 32" in caplog.text
+
+    for command, flag, field in (("sft", "--max_length", "max_length"),
+                                 ("grpo", "--max_completion_length", "max_completion_length")):
+        _, args, _ = parse_recipe_args(COMMANDS[command], ["--output_dir", str(tmp_path), flag, "512"])
+        with pytest.raises(ContextLengthError, match=f"{field} 512 is longer than the 64-token context"):
+            check_lengths(args, model, stage=command, fill_unset=("max_length",),
+                          generation=(None, "max_completion_length") if command == "grpo" else None)
+    # Set in a YAML counts as set too.
+    config = tmp_path / "sft.yaml"
+    config.write_text("max_length: 100\n")
+    _, args, _ = parse_recipe_args(COMMANDS["sft"], ["--config", str(config), "--output_dir", str(tmp_path)])
+    with pytest.raises(ContextLengthError, match="max_length 100 is longer"):
+        check_lengths(args, model, stage="SFT", fill_unset=("max_length",))

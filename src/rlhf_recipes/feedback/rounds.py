@@ -27,6 +27,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from ..config import require_paths
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -159,6 +161,8 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
     from .store import LabelStore
 
     demo, out = Path(args.demo_dir), Path(args.output_dir)
+    require_paths("demo_dir", demo, ("sft", "ppo", "reward", "data/heldout/prompts.jsonl", "data/reward/train.jsonl"),
+                  "Build the demo first (`make demo`), or point --demo_dir at one.")
     out.mkdir(parents=True, exist_ok=True)
     sft, policy, reward = str(demo / "sft"), str(demo / "ppo"), str(demo / "reward")
     eval_prompts = [r["prompt"] for r in read_jsonl(demo / "data/heldout/prompts.jsonl")][: args.eval_prompts]
