@@ -33,10 +33,12 @@ JUDGE_COLUMNS = [f"{j}_{m}" for j in ("vader", "afinn") for m in ("score", "win_
 class EvalArguments:
     """Arguments of `recipes/evaluate.py` (the prompts come from `ScriptArguments.dataset_name`)."""
 
-    policy_paths: list[str] = field(default_factory=list, metadata={"role": "policy", "help": "Policies to compare; the first is "
-                                                                            "the baseline of the win rate."})
+    policy_paths: list[str] = field(default_factory=list, metadata={"role": "policy",
+        "help": "Policies to compare; the first is "
+                "the baseline of the win rate."})
     policy_names: list[str] = field(default_factory=list, metadata={"help": "Display names (default: folder)."})
-    reward_model_path: str | None = field(default=None, metadata={"role": "reward", "help": "Judge: the (normalised) reward model."})
+    reward_model_path: str | None = field(default=None, metadata={"role": "reward",
+        "help": "Judge: the (normalised) reward model."})
     reference_model_path: str | None = field(
         default=None, metadata={"role": "policy", "help": "KL reference (default: the first policy)."}
     )
@@ -45,7 +47,8 @@ class EvalArguments:
     response_length: int = field(default=24, metadata={"range": "[1, inf)", "help": "Maximum new tokens."})
     temperature: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "Sampling temperature."})
     batch_size: int = field(default=32, metadata={"range": "[1, inf)", "help": "Prompts per generation batch."})
-    seed: int = field(default=1234, metadata={"range": "[0, 4294967295]", "help": "Sampling seed (each policy uses the same one)."})
+    seed: int = field(default=1234, metadata={"range": "[0, 4294967295]",
+        "help": "Sampling seed (each policy uses the same one)."})
     simulated_labeler: bool = field(default=False, metadata={"help": "Score with the demo's simulated labeler."})
     judges: list[str] = field(default_factory=list, metadata={"choices": ["vader", "afinn"],
         "help": "Independent sentiment judges (`vader`, `afinn`; needs the `judges` extra): their win rate against "

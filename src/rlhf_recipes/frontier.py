@@ -53,27 +53,35 @@ class FrontierArguments:
     demo_dir: str = field(default="runs/demo", metadata={"help": "A built demo with its sft/ and reward/ stages."})
     output_dir: str | None = field(default=None, metadata={"help": "Default: <demo_dir>/frontier."})
     recipes_dir: str = field(default="recipes", metadata={"help": "Where ppo.py, grpo.py, rloo.py and demo/ live."})
-    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"choices": list(METHODS), "help": "Subset of " + str(METHODS)})
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"choices": list(METHODS),
+        "help": "Subset of " + str(METHODS)})
     eval_prompts: str | None = field(default=None, metadata={
         "help": "Prompts every point is evaluated on (a file or folder rlhf_recipes.data reads; default: the openings no stage "
                 "trained on, <demo_dir>/data/heldout/prompts.jsonl)."})
     eval_split: str = field(default="train", metadata={"help": "Split of eval_prompts (a single file is 'train')."})
-    num_prompts: int = field(default=256, metadata={"range": "[1, inf)", "help": "Use the first N prompts of that split."})
+    num_prompts: int = field(default=256, metadata={"range": "[1, inf)",
+        "help": "Use the first N prompts of that split."})
     judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={"choices": ["vader", "afinn"],
         "help": "Independent judges whose win rate vs SFT every point records (rlhf_recipes.demo.judges)."})
-    episodes: int = field(default=2048, metadata={"range": "[1, inf)", "help": "Episode budget of every training run (= the demo PPO)."})
-    checkpoints: int = field(default=8, metadata={"range": "[1, inf)", "help": "Checkpoints evaluated along each training run."})
+    episodes: int = field(default=2048, metadata={"range": "[1, inf)",
+        "help": "Episode budget of every training run (= the demo PPO)."})
+    checkpoints: int = field(default=8, metadata={"range": "[1, inf)",
+        "help": "Checkpoints evaluated along each training run."})
     best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], metadata={"range": "[1, inf)"})
     grpo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5], metadata={"range": "[0, inf)"})
     rloo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5], metadata={"range": "[0, inf)"})
     seeds: list[int] = field(default_factory=lambda: [42], metadata={"range": "[0, 4294967295]",
         "help": "Training seeds: every PPO/GRPO/RLOO run is repeated per seed (one seed: the recipes' 42)."})
-    response_length: int = field(default=24, metadata={"range": "[1, inf)", "help": "= the demo recipes' response length."})
-    seed: int = field(default=1234, metadata={"range": "[0, 4294967295]", "help": "Evaluation sampling seed (= recipes/demo/evaluate.yaml)."})
-    batch_size: int = field(default=64, metadata={"range": "[1, inf)", "help": "Prompts per generation batch in evaluation."})
+    response_length: int = field(default=24, metadata={"range": "[1, inf)",
+        "help": "= the demo recipes' response length."})
+    seed: int = field(default=1234, metadata={"range": "[0, 4294967295]",
+        "help": "Evaluation sampling seed (= recipes/demo/evaluate.yaml)."})
+    batch_size: int = field(default=64, metadata={"range": "[1, inf)",
+        "help": "Prompts per generation batch in evaluation."})
     reuse_runs: bool = field(default=False, metadata={"help": "Evaluate existing run folders instead of training."})
     gold_thresholds: list[float] = field(default_factory=lambda: [0.75, 0.85],
-                                         metadata={"range": "[0, 1]", "help": "The summary's 'time to labeler score / win rate X'."})
+                                         metadata={"range": "[0, 1]",
+                                             "help": "The summary's 'time to labeler score / win rate X'."})
 
 
 class Judge:

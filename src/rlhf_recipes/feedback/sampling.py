@@ -39,23 +39,32 @@ class SampleArguments:
     """Arguments of `recipes/sample.py` (prompts: `ScriptArguments.dataset_name`; policy: `model_name_or_path`)."""
 
     output_file: str = field(default="runs/samples.jsonl", metadata={"help": "JSONL to write (appended, resumable)."})
-    num_responses_per_prompt: int = field(default=4, metadata={"range": "[2, 9]", "help": "K distinct answers per prompt (2..9)."})
-    reward_model_path: str | None = field(default=None, metadata={"role": "reward", "help": "Score each answer with this (normalised) "
-                                                                          "reward model (rm_scores); none: null."})
+    num_responses_per_prompt: int = field(default=4, metadata={"range": "[2, 9]",
+        "help": "K distinct answers per prompt (2..9)."})
+    reward_model_path: str | None = field(default=None, metadata={"role": "reward",
+        "help": "Score each answer with this (normalised) "
+                "reward model (rm_scores); none: null."})
     max_new_tokens: int = field(default=64, metadata={"range": "[1, inf)", "help": "Longest answer, in tokens."})
-    temperature: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "Sampling temperature (1.0: the policy's own "
-                                                                "distribution, what PPO samples from)."})
+    temperature: float = field(default=1.0, metadata={"range": "(0, inf)",
+        "help": "Sampling temperature (1.0: the policy's own "
+                "distribution, what PPO samples from)."})
     top_p: float = field(default=1.0, metadata={"range": "(0, 1]", "help": "Nucleus sampling (1.0: off)."})
-    batch_size: int = field(default=8, metadata={"range": "[1, inf)", "help": "Prompts per generate() call (x K sequences)."})
-    max_prompts: int | None = field(default=None, metadata={"range": "[1, inf)", "help": "Keep only the first N prompts after hygiene."})
-    max_attempts: int = field(default=4, metadata={"range": "[1, inf)", "help": "Draws per prompt to find K distinct answers."})
-    dedupe_prefix_chars: int = field(default=100, metadata={"range": "[0, inf)", "help": "Drop a prompt that shares this many leading "
-                                                                     "characters (or all of the shorter) with an "
-                                                                     "earlier one; 0: exact duplicates only."})
+    batch_size: int = field(default=8, metadata={"range": "[1, inf)",
+        "help": "Prompts per generate() call (x K sequences)."})
+    max_prompts: int | None = field(default=None, metadata={"range": "[1, inf)",
+        "help": "Keep only the first N prompts after hygiene."})
+    max_attempts: int = field(default=4, metadata={"range": "[1, inf)",
+        "help": "Draws per prompt to find K distinct answers."})
+    dedupe_prefix_chars: int = field(default=100, metadata={"range": "[0, inf)",
+        "help": "Drop a prompt that shares this many leading "
+                "characters (or all of the shorter) with an "
+                "earlier one; 0: exact duplicates only."})
     user_column: str | None = field(default=None, metadata={"help": f"Column naming the prompt's user/source "
                                                                     f"(default: the first of {USER_COLUMNS})."})
-    max_prompts_per_user: int = field(default=200, metadata={"range": "[1, inf)", "help": "Cap per user/source (InstructGPT: 200)."})
-    seed: int = field(default=0, metadata={"range": "[0, 4294967295]", "help": "Sampling seed (offset by the process index)."})
+    max_prompts_per_user: int = field(default=200, metadata={"range": "[1, inf)",
+        "help": "Cap per user/source (InstructGPT: 200)."})
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]",
+        "help": "Sampling seed (offset by the process index)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
 
     def __post_init__(self):

@@ -41,7 +41,8 @@ class RewardConfig(TrlRewardConfig):
     )
     normalization_samples: int = field(
         default=1024,
-        metadata={"range": "[0, inf)", "help": "Score the first N rows of the reference set for the normalisation bias (0: no bias)."},
+        metadata={"range": "[0, inf)",
+            "help": "Score the first N rows of the reference set for the normalisation bias (0: no bias)."},
     )
 
     def __post_init__(self):
