@@ -234,7 +234,9 @@ def check_lengths(args, model_paths: str | list[str | None], *, stage: str, gene
     problems = []
     generated = set(generation or ()) - {None}
     for name in LENGTH_FIELDS:
-        value = getattr(args, name, None)
+        if not hasattr(args, name):
+            continue
+        value = getattr(args, name)
         if name in fill_unset and (value is None or (unset(name) and value != context)):
             fit(name, context)
         elif isinstance(value, int) and value < 1:
