@@ -122,6 +122,17 @@ INHERITED_RANGES: dict[str, Any] = {
     "vllm_tensor_parallel_size": "[1, inf)",
     "GRPOConfig.loss_type": ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
     "GRPOConfig.importance_sampling_level": ("token", "sequence"),
+    # trl.DPOConfig (recipes/dpo.py)
+    "DPOConfig.beta": "(0, inf)",  # DPO's implicit reward is beta * log-ratio; IPO's tau likewise
+    "DPOConfig.loss_type": ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+                            "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"),
+    "DPOConfig.f_divergence_type": ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"),
+    "loss_weights": "[0, inf)",
+    "precompute_ref_batch_size": "[1, inf)",
+    "ld_alpha": "[0, 1]",
+    "f_alpha_divergence_coef": "(0, inf)",
+    "label_smoothing": "[0, 0.5)",  # robust DPO: the probability that a label is flipped
+    "discopop_tau": "(0, inf)",
     # Sampling settings shared by TRL's online configs and ours.
     "temperature": "(0, inf)",
     "top_p": "(0, 1]",
