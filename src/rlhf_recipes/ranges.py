@@ -397,6 +397,12 @@ def _groups_divide_the_generation_batch(values: dict[str, Any], classes: set[str
     if batch % generations:
         yield (f"`num_generations` = {generations} must divide the generation batch of {batch} prompts x "
                f"completions ({how}); make the batch a multiple of it")
+    evaluated = str(getattr(values.get("eval_strategy"), "value", values.get("eval_strategy"))) != "no"
+    eval_generations = values.get("num_generations_eval") or generations
+    eval_batch = values["per_device_eval_batch_size"] * _world_size()
+    if evaluated and eval_batch % eval_generations:
+        yield (f"`num_generations_eval` (default `num_generations`) = {eval_generations} must divide the evaluation "
+               f"batch of {eval_batch} (per_device_eval_batch_size x processes)")
 
 
 @rule
