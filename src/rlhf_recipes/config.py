@@ -187,7 +187,9 @@ class RecipeParser(TrlParser):
 
 
 def _flags(argv: list[str]) -> set[str]:
-    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    """The field names the command line sets (`--name value`, `--name=value`, `--no_name` for a flag)."""
+    names = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return names | {name[3:] for name in names if name.startswith("no_")}
 
 
 USER_SET_ATTRIBUTE = "_rlhf_user_set"
@@ -275,8 +277,8 @@ def run_main(main: Callable[..., Any], dataclass_types: tuple[type, ...], args: 
         sys.exit(USER_ERROR_EXIT_CODE)
 
 
-__all__ = ["ConfigError", "MissingPathError", "ModelConfig", "RecipeParser", "ScriptArguments", "UserError", "check_config_keys",
-           "parse_recipe_args", "require_paths", "run_main", "user_set_fields"]
+__all__ = ["ConfigError", "MissingPathError", "ModelConfig", "RecipeParser", "ScriptArguments", "UserError",
+           "check_config_keys", "parse_recipe_args", "require_paths", "run_main", "user_set_fields"]
 
 
 def load_recipe_module(path: str | os.PathLike) -> ModuleType:

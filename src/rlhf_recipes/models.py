@@ -227,8 +227,9 @@ def check_lengths(args, model_paths: str | list[str | None], *, stage: str, gene
         return user_set is not None and name not in user_set
 
     def fit(name: str, value: int) -> None:
-        logger.warning("%s: %s is unset; using %d (%s) instead of the default %s.", stage, name, value, where,
-                       getattr(args, name))
+        default = getattr(args, name)
+        logger.warning("%s: %s is unset; using %d, %s%s.", stage, name, value, where,
+                       "" if default is None else f" (the default {default} does not describe this model)")
         setattr(args, name, value)
 
     problems = []
