@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import encode_text
+from .demo.judges import JUDGES
 from .evaluation_metrics import distinct_n, eos_fraction, markdown_table, mean_std, win_rate
 from .models import reward_scores
 from .ppo.core import first_true_indices, logprobs_from_logits, truncate_after_stop_token
@@ -50,7 +51,7 @@ class EvalArguments:
     seed: int = field(default=1234, metadata={"range": "[0, 4294967295]",
         "help": "Sampling seed (each policy uses the same one)."})
     simulated_labeler: bool = field(default=False, metadata={"help": "Score with the demo's simulated labeler."})
-    judges: list[str] = field(default_factory=list, metadata={"choices": ["vader", "afinn"],
+    judges: list[str] = field(default_factory=list, metadata={"choices": list(JUDGES),
         "help": "Independent sentiment judges (`vader`, `afinn`; needs the `judges` extra): their win rate against "
                 "the first policy, per prompt, ties half."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})

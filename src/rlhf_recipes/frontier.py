@@ -36,7 +36,7 @@ from trl import ModelConfig
 from .best_of_n import best_of_n, best_of_n_kl
 from .config import ConfigError, ScriptArguments, load_recipe_module, parse_recipe_args, require_paths, run_main
 from .data import load_stage_dataset
-from .demo.judges import judge_scores
+from .demo.judges import JUDGES, judge_scores
 from .evaluation import EvalArguments, evaluate_policies
 from .evaluation_metrics import distinct_n, markdown_table, mean_std, win_rate
 from .models import load_model, load_tokenizer, score_responses
@@ -61,7 +61,7 @@ class FrontierArguments:
     eval_split: str = field(default="train", metadata={"help": "Split of eval_prompts (a single file is 'train')."})
     num_prompts: int = field(default=256, metadata={"range": "[1, inf)",
         "help": "Use the first N prompts of that split."})
-    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={"choices": ["vader", "afinn"],
+    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={"choices": list(JUDGES),
         "help": "Independent judges whose win rate vs SFT every point records (rlhf_recipes.demo.judges)."})
     episodes: int = field(default=2048, metadata={"range": "[1, inf)",
         "help": "Episode budget of every training run (= the demo PPO)."})

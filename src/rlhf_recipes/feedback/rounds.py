@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import require_paths
+from ..demo.judges import JUDGES
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -57,7 +58,7 @@ class RoundsArguments:
                                                                     "last PPO run ended (false: the recipe's kl_coef)."})
     eval_prompts: int = field(default=256, metadata={"range": "[1, inf)",
         "help": "Held-out openings (`data/heldout`) for the evaluation."})
-    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={"choices": ["vader", "afinn"],
+    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={"choices": list(JUDGES),
         "help": "Independent judges reported per round besides the labeler (rlhf_recipes.demo.judges)."})
     seed: int = field(default=0, metadata={"range": "[0, 4294967295]",
         "help": "Seeds prompts, sampling and training."})
