@@ -369,13 +369,6 @@ def _ppo_episodes_fill_one_batch(values: dict[str, Any], classes: set[str]) -> I
 
 
 @rule
-def _ppo_short_response(values: dict[str, Any], classes: set[str]) -> Iterable[str]:
-    if "PPOConfig" in classes and values.get("min_response_length", 0) > values.get("response_length", INF):
-        yield (f"`min_response_length` = {values['min_response_length']} is longer than `response_length` = "
-               f"{values['response_length']}: every response would be penalised")
-
-
-@rule
 def _ptx_needs_data(values: dict[str, Any], classes: set[str]) -> Iterable[str]:
     if "PPOConfig" in classes and values.get("ptx_coef", 0) > 0 and not values.get("ptx_dataset"):
         yield (f"`ptx_coef` = {values['ptx_coef']} needs `ptx_dataset` (pretraining or SFT text); set one, or "
