@@ -27,16 +27,21 @@ class LabelArguments:
     comparisons_file: str = field(default="runs/demo/feedback/comparisons.jsonl",
                                   metadata={"help": "Where rankings are appended (the `ranking` format)."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; a non-local one needs --auth."})
-    port: int = field(default=7860, metadata={"help": "Port."})
+    port: int = field(default=7860, metadata={"range": "[1, 65535]", "help": "Port."})
     auth: str | None = field(default=None, metadata={"help": f"user:password (better: the {AUTH_ENV} variable, "
                                                              "which `ps` does not show)."})
-    overlap_fraction: float = field(default=0.1, metadata={"help": "Fraction of items served to several labelers "
-                                                                   "(inter-labeler agreement)."})
-    overlap_labelers: int = field(default=2, metadata={"help": "How many labelers rank an overlap item."})
-    seed: int = field(default=0, metadata={"help": "Seeds the overlap set and the answer order per labeler."})
-    chat_model_path: str | None = field(default=None, metadata={"help": "A policy for the Chat tab."})
-    chat_num_replies: int = field(default=4, metadata={"help": "Candidate replies per chat turn (2..9)."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Chat reply length."})
+    overlap_fraction: float = field(default=0.1, metadata={"range": "[0, 1]",
+        "help": "Fraction of items served to several labelers "
+                "(inter-labeler agreement)."})
+    overlap_labelers: int = field(default=2, metadata={"range": "[2, inf)",
+        "help": "How many labelers rank an overlap item."})
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]",
+        "help": "Seeds the overlap set and the answer order per labeler."})
+    chat_model_path: str | None = field(default=None, metadata={"role": "policy",
+        "help": "A policy for the Chat tab."})
+    chat_num_replies: int = field(default=4, metadata={"range": "[2, 9]",
+        "help": "Candidate replies per chat turn (2..9)."})
+    max_new_tokens: int = field(default=64, metadata={"range": "[1, inf)", "help": "Chat reply length."})
     push_to_hub: bool = field(default=False, metadata={
         "help": "Publish the comparisons file as a Hub dataset (train.jsonl and a card; labeler names replaced by "
                 "pseudonyms) and exit, without starting the app. Needs --hub_dataset_id and HF_TOKEN."})

@@ -44,10 +44,10 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     policy = load_model(model_args, tokenizer, model_name_or_path=start_path, trust_remote_code=remote)
     ref_policy = None if model_args.use_peft else load_model(model_args, tokenizer, model_name_or_path=sft_path,
                                                              trust_remote_code=remote, apply_lora=False)
-    reward_model = load_model(model_args, tokenizer, kind="reward", model_name_or_path=training_args.reward_model_path,
+    reward_model = load_model(model_args, tokenizer, kind="reward", role="reward", model_name_or_path=training_args.reward_model_path,
                               trust_remote_code=remote, apply_lora=False)
     # InstructGPT initialises the value function from the reward model.
-    value_model = load_model(model_args, tokenizer, kind="value", trust_remote_code=remote,
+    value_model = load_model(model_args, tokenizer, kind="value", role="value", trust_remote_code=remote,
                              model_name_or_path=training_args.value_model_path or training_args.reward_model_path)
 
     trainer = PPOTrainer(args=training_args, processing_class=tokenizer, model=policy, ref_model=ref_policy,

@@ -27,6 +27,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from ..config import require_paths
+from ..demo.judges import JUDGES
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -34,24 +37,31 @@ REPO = Path(__file__).resolve().parents[3]
 class RoundsArguments:
     demo_dir: str = field(default="runs/demo", metadata={"help": "A finished `make demo` (sft, reward, ppo, data)."})
     output_dir: str = field(default="runs/demo/iterate", metadata={"help": "Rounds, rounds.json and rounds.png."})
-    rounds: int = field(default=3, metadata={"help": "Rounds after the one-shot policy."})
-    prompts_per_round: int = field(default=192, metadata={"help": "Fresh prompts sampled per round."})
-    num_responses_per_prompt: int = field(default=4, metadata={"help": "K."})
-    held_out_fraction: float = field(default=0.25, metadata={"help": "Of each round's items, kept out of the RM's "
-                                                                      "training to measure its accuracy."})
-    reward_epochs: float = field(default=2.0, metadata={"help": "RM epochs per round (from SFT, on everything)."})
-    ppo_episodes: int = field(default=1024, metadata={"help": "PPO episodes per round."})
+    rounds: int = field(default=3, metadata={"range": "[1, inf)", "help": "Rounds after the one-shot policy."})
+    prompts_per_round: int = field(default=192, metadata={"range": "[1, inf)",
+        "help": "Fresh prompts sampled per round."})
+    num_responses_per_prompt: int = field(default=4, metadata={"range": "[2, 9]", "help": "K."})
+    held_out_fraction: float = field(default=0.25, metadata={"range": "[0, 1)",
+        "help": "Of each round's items, kept out of the RM's "
+                "training to measure its accuracy."})
+    reward_epochs: float = field(default=2.0, metadata={"range": "(0, inf)",
+        "help": "RM epochs per round (from SFT, on everything)."})
+    ppo_episodes: int = field(default=1024, metadata={"range": "[1, inf)", "help": "PPO episodes per round."})
     ppo_target_kl: float | None = field(
-        default=None, metadata={"help": "Adaptive-KL target of each round's PPO (default: the one-shot policy's "
-                                        "measured KL to SFT, so that iterating does not buy reward with drift)."})
-    ppo_kl_horizon: int = field(default=256, metadata={"help": "Adaptive-KL horizon (episodes) of each round's "
-                                                                "PPO: short, so beta adapts within a round."})
+        default=None, metadata={"range": "(0, inf)",
+            "help": "Adaptive-KL target of each round's PPO (default: the one-shot policy's "
+                    "measured KL to SFT, so that iterating does not buy reward with drift)."})
+    ppo_kl_horizon: int = field(default=256, metadata={"range": "[1, inf)",
+        "help": "Adaptive-KL horizon (episodes) of each round's "
+                "PPO: short, so beta adapts within a round."})
     ppo_carry_kl_coef: bool = field(default=True, metadata={"help": "Start each round's KL coefficient where the "
                                                                     "last PPO run ended (false: the recipe's kl_coef)."})
-    eval_prompts: int = field(default=256, metadata={"help": "Held-out openings (`data/heldout`) for the evaluation."})
-    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={
+    eval_prompts: int = field(default=256, metadata={"range": "[1, inf)",
+        "help": "Held-out openings (`data/heldout`) for the evaluation."})
+    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={"choices": list(JUDGES),
         "help": "Independent judges reported per round besides the labeler (rlhf_recipes.demo.judges)."})
-    seed: int = field(default=0, metadata={"help": "Seeds prompts, sampling and training."})
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]",
+        "help": "Seeds prompts, sampling and training."})
 
 
 def _kl_coef_flags(policy_path: str, carry: bool) -> list[str]:
@@ -86,7 +96,7 @@ def _rm_accuracy(reward_path: str | Path, items: list[tuple[str, list[str], list
 
     tokenizer = load_tokenizer(str(reward_path), padding_side="left")
     model = load_model(ModelConfig(model_name_or_path=str(reward_path), dtype="float32"), tokenizer, kind="reward",
-                       apply_lora=False).eval()
+                       role="reward", apply_lora=False).eval()
     correct = total = 0
     for prompt, responses, ranking in items:
         ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for r in responses]
@@ -159,6 +169,8 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
     from .store import LabelStore
 
     demo, out = Path(args.demo_dir), Path(args.output_dir)
+    require_paths("demo_dir", demo, ("sft", "ppo", "reward", "data/heldout/prompts.jsonl", "data/reward/train.jsonl"),
+                  "Build the demo first (`make demo`), or point --demo_dir at one.")
     out.mkdir(parents=True, exist_ok=True)
     sft, policy, reward = str(demo / "sft"), str(demo / "ppo"), str(demo / "reward")
     eval_prompts = [r["prompt"] for r in read_jsonl(demo / "data/heldout/prompts.jsonl")][: args.eval_prompts]

@@ -76,7 +76,7 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
     # LoRA is TRL's to apply (peft_config): with it, the reference is the policy with the adapter disabled.
     policy = load_model(model_args, tokenizer, model_name_or_path=sft_path, trust_remote_code=remote,
                         apply_lora=False)
-    reward_model = load_model(model_args, tokenizer, kind="reward", model_name_or_path=training_args.reward_model_path,
+    reward_model = load_model(model_args, tokenizer, kind="reward", role="reward", model_name_or_path=training_args.reward_model_path,
                               trust_remote_code=remote, apply_lora=False)
     reward = RewardModelReward(reward_model, tokenizer, missing_eos_penalty=training_args.missing_eos_penalty,
                                batch_size=training_args.reward_batch_size)
