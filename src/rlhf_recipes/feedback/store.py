@@ -144,7 +144,7 @@ def load_items(samples_file: str | os.PathLike) -> dict[str, Item]:
 _TOKEN = re.compile(r"\d+|=|[^\s,\d=]+")
 
 
-def _read_order(text: str, k: int, *, one_based: bool) -> tuple[list[int], list[list[int]]]:
+def read_order(text: str, k: int, *, one_based: bool) -> tuple[list[int], list[list[int]]]:
     """Numbers best first, `=` joining adjacent answers that are equally good -> (0-based order, tie groups)."""
     if len(text) > MAX_RANKING_CHARS:
         raise RankingRefused(f"the ranking is {len(text)} characters; a ranking of {k} answers is at most "
@@ -175,7 +175,7 @@ def _read_order(text: str, k: int, *, one_based: bool) -> tuple[list[int], list[
     return order, ties
 
 
-def _check_order(order: list[int], k: int) -> list[int]:
+def check_order(order: list[int], k: int) -> list[int]:
     if len(set(order)) < len(order):
         raise RankingRefused(f"ranking {order} repeats an index; rank every response once ('=' marks a tie).")
     if sorted(order) != list(range(k)):
@@ -196,7 +196,7 @@ def parse_ranking(ranking: str | list[int], k: int, ties: list[list[int]] | None
     if isinstance(ranking, str):
         if ties:
             raise RankingRefused("give ties either with '=' in the ranking string or as a list, not both.")
-        order, ties = _read_order(ranking.strip(), k, one_based=False)
+        order, ties = read_order(ranking.strip(), k, one_based=False)
     else:
         if not isinstance(ranking, (list, tuple)) or len(ranking) > 2 * MAX_K:
             raise RankingRefused(f"a ranking is a list of at most {MAX_K} response indices, got {_short(ranking)}.")
@@ -204,7 +204,7 @@ def parse_ranking(ranking: str | list[int], k: int, ties: list[list[int]] | None
             raise RankingRefused(f"ranking {_short(ranking)} must hold response indices (integers).")
         order = list(ranking)
         ties = [list(g) for g in ties] if ties else []
-    _check_order(order, k)
+    check_order(order, k)
     problem = ties_problem(ties or None, k)
     if problem:
         raise RankingRefused(f"ties: {problem}.")
@@ -460,14 +460,15 @@ class LabelStore:
         return row
 
     def submit_conversation(self, labeler: str, prompt: str, responses: list[str], ranking: str | list[int],
-                            flags: str | dict | None = None, source: str = "chat") -> dict[str, Any]:
+                            flags: str | dict | None = None, source: str = "chat",
+                            ties: list[list[int]] | None = None) -> dict[str, Any]:
         """Store a ranking of answers that came from no samples file (the Chat tab): responses as shown."""
         labeler = check_name(labeler)
         if not prompt.strip():
             raise RankingRefused("empty prompt.")
         if not MIN_K <= len(responses) <= MAX_K or len(set(responses)) < len(responses):
             raise RankingRefused(f"need {MIN_K} to {MAX_K} distinct responses to rank.")
-        order, ties = parse_ranking(ranking, len(responses))
+        order, ties = parse_ranking(ranking, len(responses), ties)
         flags_shown = parse_flags(flags, len(responses))
         item_id = f"{source}-" + hashlib.sha256(json.dumps([prompt, responses]).encode()).hexdigest()[:16]
         row = {"prompt": prompt, "responses": [responses[i] for i in order], "ties": ties, "labeler": labeler,
