@@ -166,9 +166,11 @@ def build_app(store: LabelStore, chat_policy=None, chat_k: int = 4, title: str =
                 gr.Markdown(guidelines, elem_id="guidelines")
         labeler = gr.Textbox(label="Your name (labeler)", elem_id="labeler", max_lines=1, visible=users is None)
         if users is not None:
+            def logged_in_as(request: gr.Request) -> str:
+                return _note(getattr(request, "username", "") or "", "Logged in as")
+
             logged_in = gr.HTML(elem_id="logged-in")
-            app.load(lambda request: _note(getattr(request, "username", "") or "", "Logged in as"),
-                     outputs=logged_in, api_visibility="private")
+            app.load(logged_in_as, outputs=logged_in, api_visibility="private")
         with gr.Tab("Rank", elem_id="tab-rank"):
             rank_ui(gr, store, labeler, who)
         with gr.Tab("Stats", elem_id="tab-stats") as stats_tab:
@@ -259,18 +261,21 @@ def rank_ui(gr, store: LabelStore, labeler, who: Identity) -> None:
 
     def start_over(name: str, item: dict[str, Any] | None):
         """The name box changed: give the open item back (never remap it to the new name) and clear the page."""
-        if item is not None:
-            store.release(item["labeler"], item["token"])
+        if item is None or name == item["labeler"]:
+            return [gr.update()] * len(outputs)
+        store.release(item["labeler"], item["token"])
         return [None, "", "", "", _note("Name changed: press Next item to start as the new name.")] + _hidden(gr)
 
-    labeler.input(start_over, inputs=[labeler, item_state], outputs=outputs, api_visibility="private")
+    # .change, not .input: a pasted or autofilled name counts too (nothing else ever sets this box)
+    labeler.change(start_over, inputs=[labeler, item_state], outputs=outputs, api_visibility="private")
 
     for i, pick in enumerate(picks):
         pick.click(None, inputs=order, outputs=order, js=_append_js(i + 1), api_visibility="private")
     tie.click(None, inputs=order, outputs=order, js=TIE_JS, api_visibility="private")
     clear.click(lambda: "", outputs=order, api_visibility="private")
 
-    def do_submit(name: str, item: dict[str, Any] | None, typed: str, *flag_values, request: gr.Request):
+    # `request` first: Gradio inserts it by position, and cannot after *flag_values
+    def do_submit(request: gr.Request, name: str, item: dict[str, Any] | None, typed: str, *flag_values):
         if item is None:
             return show(name, request, "Load an item first (Next item).")
         k = len(item["responses"])
