@@ -66,3 +66,32 @@ def test_grouped_mode_masks_tied_pairs_by_hand():
     assert loss.item() == pytest.approx((first + math.log(2.0)) / 2, rel=1e-6)
     # the same number as pairs mode's pairwise loss over the two untied pairs
     assert pairwise_loss(torch.tensor([2.0, 2.0]), torch.tensor([0.0, 1.0])).item() == pytest.approx(first, rel=1e-6)
+
+
+def test_the_reward_trainer_gives_the_same_loss_in_both_batchings_with_ties_left_out(tmp_path):
+    """Through RewardTrainer itself: a ranking of 4 with one tie gives C(4,2) - 1 = 5 pairs, and the grouped loss
+    over its untied pairs equals the pairs-mode loss."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from rlhf_recipes.reward import RewardConfig, RewardTrainer
+
+    tokenizer = gpt2_like_tokenizer()
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})  # what models.load_tokenizer does
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=16,
+                                                     n_layer=1, n_head=2, num_labels=1,
+                                                     pad_token_id=tokenizer.pad_token_id)).eval()
+    ranking = Dataset.from_list([{"prompt": "This western", "responses": [" great.", " good.", " fine.", " bad."],
+                                  "ties": [[1, 2]]}])
+    losses = {}
+    for mode in ("pairs", "grouped"):
+        args = RewardConfig(output_dir=str(tmp_path / mode), ranking_batching=mode, bf16=False,
+                            activation_checkpointing=False, report_to="none", max_length=32,
+                            per_device_eval_batch_size=16)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=ranking, eval_dataset=ranking,
+                                processing_class=tokenizer)
+        examples = list(trainer.eval_dataset)
+        assert len(examples) == (5 if mode == "pairs" else 1)
+        with torch.no_grad():
+            losses[mode] = trainer.compute_loss(model, dict(trainer.data_collator(examples))).item()
+    assert losses["grouped"] == pytest.approx(losses["pairs"], abs=1e-5)
