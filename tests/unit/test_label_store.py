@@ -318,6 +318,15 @@ def test_serving_reserves_an_item_under_a_lease(samples, tmp_path):
     # carol's lease on item2 ran out too: back in the pool
     assert store.next_item("ann")["id"] == "item2"
     assert len(lines(tmp_path / "comparisons.jsonl")) == 2
+    # ann's lease runs out and she is served the same item again: either token ranks it, once
+    now[0] += 61
+    again = store.next_item("ann")
+    assert again["id"] == "item2" and again["token"] != ann["token"]
+    old = [t for t, (_, s) in store._closed.items() if s.labeler == "ann" and s.item_id == "item2"][0]
+    store.submit("ann", None, "0,1,2,3", token=old)
+    with pytest.raises(RankingRefused, match="used once"):
+        store.submit("ann", None, "0,1,2,3", token=again["token"])
+    assert store.open_serve("ann") is None and len(lines(tmp_path / "comparisons.jsonl")) == 3
 
 
 def test_a_released_serve_is_refused_and_a_name_change_never_remaps(samples, tmp_path):

@@ -325,7 +325,8 @@ class LabelStore:
                 self._closed[token] = ("expired", self._serves.pop(token))
 
     def _leased(self, item_id: str, now: float, but: str | None = None) -> int:
-        return sum(1 for s in self._serves.values() if s.item_id == item_id and s.expires > now and s.token != but)
+        """Open leases on `item_id` held by labelers other than `but`."""
+        return sum(1 for s in self._serves.values() if s.item_id == item_id and s.expires > now and s.labeler != but)
 
     def remaining(self, labeler: str) -> list[str]:
         """Item ids `labeler` would still be served (ignoring other labelers' open leases), in serving order."""
@@ -415,7 +416,7 @@ class LabelStore:
         if serve.labeler in ranked or item.id in self._done_by.get(serve.labeler, set()):
             raise RankingRefused(f"{serve.labeler} already ranked or skipped item {item.id}; it is stored once.")
         if serve.token not in self._serves:  # an expired lease: the item may have gone to someone else
-            if len(ranked) + self._leased(item.id, self.clock(), but=serve.token) >= self.wanted(item):
+            if len(ranked) + self._leased(item.id, self.clock(), but=serve.labeler) >= self.wanted(item):
                 raise RankingRefused(f"your {self.lease_seconds:.0f} s reservation of item {item.id} ran out and it "
                                      "went to another labeler; nothing was saved. Ask /next_item for the next item.")
         elif len(ranked) >= self.wanted(item):
@@ -423,6 +424,9 @@ class LabelStore:
                                  "was saved. Ask /next_item for the next item.")
 
     def _close(self, serve: Serve) -> None:
+        """The item is done for this labeler: close this serve and any newer one of theirs on the same item."""
+        for other in [s for s in self._serves.values() if s.labeler == serve.labeler and s.item_id == serve.item_id]:
+            self._closed[self._serves.pop(other.token).token] = ("used", other)
         self._serves.pop(serve.token, None)
         self._closed[serve.token] = ("used", serve)
 
