@@ -36,6 +36,7 @@ from .store import FLAGS, MAX_K, LabelStore, RankingRefused, check_order, read_o
 from .users import Users
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
+MAX_MESSAGE_CHARS = 4000  # a Chat tab message: the policy's context is short, and it is stored with the ranking
 
 KEYS_JS = """
 <script>
@@ -326,6 +327,10 @@ def chat_ui(gr, store: LabelStore, labeler, who: Identity, policy, k: int) -> No
     def send(text: str, messages: list):
         if not text.strip():
             return [messages, [], gr.update(), "", _note("Type a message first.")] + [gr.update()] * (2 * MAX_K)
+        if len(text) > MAX_MESSAGE_CHARS:
+            return [messages, [], gr.update(), gr.update(), _note(f"Your message is {len(text)} characters; send at "
+                                                                  f"most {MAX_MESSAGE_CHARS}.", "Not sent:")] \
+                + [gr.update()] * (2 * MAX_K)
         turn = messages + [{"role": "user", "content": text.strip()}]
         replies = policy.replies(turn, k=k)
         shown = [gr.update(visible=i < len(replies)) for i in range(MAX_K)]
