@@ -11,6 +11,7 @@ from typing import Any, Literal
 from datasets import Dataset, DatasetDict
 
 from ..config import UserError
+from .rankings import ties_problem
 from .reading import DataError, _raise_type_problems, column_type_problem, load_raw_dataset
 from .report import DataReport, log_report, save_reports
 from .templates import ASSISTANT, ConversationTemplate, encode_text, resolve_template
@@ -156,7 +157,13 @@ def _format_reward(row: dict, fmt: str, report: DataReport, row_number: int,
             raise _RowProblem("empty prompt")
         if not responses[0].strip():
             report.note("empty preferred response", row_number)
-        return {"prompt": prompt, "responses": responses}
+        if "ties" not in row:
+            return {"prompt": prompt, "responses": responses}
+        # optional tie groups (`rlhf_recipes.data.rankings`): adjacent positions the labeler found equally good
+        problem = ties_problem(row["ties"], len(responses))
+        if problem:
+            raise _RowProblem(problem)
+        return {"prompt": prompt, "responses": responses, "ties": row["ties"] or []}
     if fmt == "hh":
         chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
         if chosen == rejected:
