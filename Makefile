@@ -22,7 +22,9 @@ STAGE ?=
 DEMO_RESULTS ?= results/demo.md
 # The demo runs on a laptop CPU: one thread per process avoids oversubscribing small cores.
 DEMO_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
-LAUNCH = $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES)
+# `accelerate launch` through a thin wrapper (rlhf_recipes/launch.py): a failed run ends with the recipe's own
+# message and exit code (2 for a user error), not with accelerate's second copy of it under a traceback.
+LAUNCH = $(BIN)/python -m rlhf_recipes.launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES)
 ifeq ($(MODEL),demo)
 LAUNCH += --mixed_precision no
 # The demo's PPO runs in bf16 autocast where the CPU has AMX bf16, fp32 elsewhere (the YAML, which tests run, is fp32)
@@ -57,7 +59,7 @@ $(BIN)/rlhf-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
 
 demo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR)
-	$(MAKE) sft MODEL=demo CONFIG=
+	$(MAKE) sft MODEL=demo CONFIG= ARGS="--overwrite_output_dir true"
 	@# the reward model also learns the simulated labeler's rankings of the SFT model's own answers
 	rm -rf $(DEMO_DIR)/feedback/sft
 	$(MAKE) sample MODEL=demo CONFIG=recipes/demo/sample_sft.yaml
@@ -65,8 +67,8 @@ demo: $(BIN)/rlhf-installed
 		--comparisons_file $(DEMO_DIR)/feedback/sft/comparisons.jsonl
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR) \
 		--add_rankings $(DEMO_DIR)/feedback/sft/comparisons.jsonl
-	$(MAKE) reward MODEL=demo CONFIG=
-	$(MAKE) ppo MODEL=demo CONFIG=
+	$(MAKE) reward MODEL=demo CONFIG= ARGS="--overwrite_output_dir true"
+	$(MAKE) ppo MODEL=demo CONFIG= ARGS="--overwrite_output_dir true"
 	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate.yaml
 	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate_heldout.yaml
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/sft

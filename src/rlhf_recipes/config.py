@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from trl import ModelConfig, TrlParser
@@ -31,6 +31,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A recipe's configuration is wrong; the message says which key, where, and how to fix it."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An input file or folder a command was pointed at does not exist (a run folder, a samples file, ...)."""
 
 
 @dataclass
@@ -83,6 +87,13 @@ class ScriptArguments(TrlScriptArguments):
     merge_adapter: bool = field(
         default=False,
         metadata={"help": "With LoRA, also save the adapter merged into the base as a full model (`merged/`)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train even though `output_dir` already holds a finished model or another run's "
+                  "checkpoints: that folder is first moved aside to `<output_dir>.previous-<time>` (nothing is "
+                  "deleted), so the new run starts in an empty folder. Without it such a run is refused; "
+                  "`--resume_from_checkpoint latest` continues the run that is there instead."},
     )
 
 
@@ -172,15 +183,33 @@ def run_main(main: Callable[..., Any], dataclass_types: tuple[type, ...], args: 
     except UserError as err:
         if debug:
             raise
-        message = " ".join(str(err).split())  # one paragraph, whatever line breaks the message had
-        rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"{rank}error: {message}\n(exit code {USER_ERROR_EXIT_CODE}; add --debug or set {DEBUG_ENV}=1 for the "
-              "traceback)", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT_CODE)
+        exit_with_user_error(err)
 
 
-__all__ = ["ConfigError", "ModelConfig", "ScriptArguments", "UserError", "check_config_keys", "parse_recipe_args",
-           "run_main"]
+def exit_with_user_error(err: UserError) -> NoReturn:
+    """Print a user error as one paragraph (with the rank under several processes) and exit with code 2."""
+    message = " ".join(str(err).split())  # one paragraph, whatever line breaks the message had
+    rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"{rank}error: {message}\n(exit code {USER_ERROR_EXIT_CODE}; add --debug or set {DEBUG_ENV}=1 for the "
+          "traceback)", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def run_cli(main: Callable[[list[str]], Any], args: list[str] | None = None) -> Any:
+    """`run_main` for the commands that parse their own arguments (`python -m rlhf_recipes.<tool>`): `main(argv)`
+    runs, and a `UserError` exits 2 with its message as one paragraph (`--debug` or RLHF_DEBUG=1: the traceback)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = _debug_requested(argv)
+    try:
+        return main([a for a in argv if a != DEBUG_FLAG])
+    except UserError as err:
+        if debug:
+            raise
+        exit_with_user_error(err)
+
+
+__all__ = ["ConfigError", "MissingInputError", "ModelConfig", "ScriptArguments", "UserError", "check_config_keys",
+           "parse_recipe_args", "run_cli", "run_main"]
 
 
 def load_recipe_module(path: str | os.PathLike) -> ModuleType:

@@ -215,7 +215,8 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
         new_reward = str(folder / "reward")
         _run("reward", ["--config", str(REPO / "recipes/demo/reward.yaml"), "--model_name_or_path", sft,
                         "--dataset_name", str(folder / "reward_data"), "--output_dir", new_reward,
-                        "--normalization_dataset", str(demo / "data/sft"), "--num_train_epochs",
+                        "--normalization_dataset", str(demo / "data/sft"), "--overwrite_output_dir", "true",
+                        "--num_train_epochs",
                         str(args.reward_epochs), "--save_strategy", "no", "--seed", str(args.seed + r)])
         after = _rm_accuracy(new_reward, held)
         # 4. PPO continues from the current policy, reference pi_SFT, with the new RM
@@ -223,7 +224,8 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
         _run("ppo", ["--config", str(REPO / "recipes/demo/ppo.yaml"), "--model_name_or_path", sft,
                      "--sft_model_path", sft, "--policy_model_path", policy, "--reward_model_path", new_reward,
                      "--dataset_name", str(folder / "prompts"), "--ptx_dataset", str(demo / "data/ptx/train.jsonl"),
-                     "--output_dir", new_policy, "--total_episodes", str(args.ppo_episodes),
+                     "--output_dir", new_policy, "--overwrite_output_dir", "true",  # a round is redone whole
+                     "--total_episodes", str(args.ppo_episodes),
                      "--save_strategy", "no", "--num_sample_generations", "0", "--seed", str(args.seed + r),
                      "--target_kl", str(args.ppo_target_kl or rounds[0]["kl"]),
                      "--kl_horizon", str(args.ppo_kl_horizon),
