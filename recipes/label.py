@@ -68,11 +68,13 @@ def main(args: LabelArguments, launch: bool = True):
         print(f"Pushed to https://huggingface.co/datasets/{repo}")
         return None
     auth = parse_auth(args)
-    from rlhf_recipes.feedback.app import KEYS_JS, build_app
     from rlhf_recipes.feedback.store import LabelStore
 
+    # The samples and the comparisons so far are read first: a wrong path fails before the app or a model loads.
     store = LabelStore(args.samples_file, args.comparisons_file, overlap_fraction=args.overlap_fraction,
                        overlap_labelers=args.overlap_labelers, seed=args.seed)
+    from rlhf_recipes.feedback.app import KEYS_JS, build_app
+
     policy = None
     if args.chat_model_path:
         from rlhf_recipes.feedback.chat import load_chat_policy
