@@ -59,7 +59,7 @@ $(BIN)/rlhf-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
 
 demo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR)
-	$(MAKE) sft MODEL=demo CONFIG= ARGS="--overwrite_output_dir true"
+	$(MAKE) sft MODEL=demo CONFIG= OVERWRITE=1
 	@# the reward model also learns the simulated labeler's rankings of the SFT model's own answers
 	rm -rf $(DEMO_DIR)/feedback/sft
 	$(MAKE) sample MODEL=demo CONFIG=recipes/demo/sample_sft.yaml
@@ -67,8 +67,8 @@ demo: $(BIN)/rlhf-installed
 		--comparisons_file $(DEMO_DIR)/feedback/sft/comparisons.jsonl
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR) \
 		--add_rankings $(DEMO_DIR)/feedback/sft/comparisons.jsonl
-	$(MAKE) reward MODEL=demo CONFIG= ARGS="--overwrite_output_dir true"
-	$(MAKE) ppo MODEL=demo CONFIG= ARGS="--overwrite_output_dir true"
+	$(MAKE) reward MODEL=demo CONFIG= OVERWRITE=1
+	$(MAKE) ppo MODEL=demo CONFIG= OVERWRITE=1
 	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate.yaml
 	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate_heldout.yaml
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/sft
@@ -89,8 +89,11 @@ demo-avx2-results:
 check-demo: demo
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --check $(DEMO_RESULTS)
 
+# A stage refuses an output_dir that holds a finished model; OVERWRITE=1 moves that folder aside first (`make demo`
+# rebuilds its stages this way).
+OVERWRITE ?=
 sft reward ppo grpo rloo: $(BIN)/rlhf-installed
-	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(if $(filter ppo,$@),$(PPO_ARGS)) $(ARGS)
+	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(if $(filter ppo,$@),$(PPO_ARGS)) $(if $(OVERWRITE),--overwrite_output_dir true) $(ARGS)
 
 best_of_n: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python recipes/best_of_n.py --config $(or $(CONFIG),recipes/$(MODEL)/best_of_n.yaml) $(ARGS)
