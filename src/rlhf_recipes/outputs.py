@@ -1,4 +1,5 @@
-"""What every stage does around training: pick the checkpoint to resume, save the final folder, publish it.
+"""What every stage does around training: check its output folder (`prepare_output_dir`: a finished stage is not
+trained over unasked), pick the checkpoint to resume, save the final folder, publish it.
 
 A finished stage folder holds the weights (safetensors), config, tokenizer, `stage_metrics.json`,
 `data_report.json`, a `README.md` model card, and for LoRA runs the adapter (plus `merged/` on request). The next
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +96,13 @@ def prepare_output_dir(training_args, script_args) -> Path | None:
                 f"{output_dir}.previous-<time> and start clean."
             )
         if training_args.process_index == 0:
-            import time
-
-            moved = output_dir.with_name(f"{output_dir.name}.previous-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+            folder = output_dir.resolve()
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            moved = folder.with_name(f"{folder.name}.previous-{stamp}")
+            for n in range(2, 100):  # two replacements within a second
+                if not moved.exists():
+                    break
+                moved = folder.with_name(f"{folder.name}.previous-{stamp}-{n}")
             try:
                 output_dir.rename(moved)
             except OSError as err:
