@@ -33,8 +33,8 @@ class ConfigError(UserError, ValueError):
     """A recipe's configuration is wrong; the message says which key, where, and how to fix it."""
 
 
-class MissingInputError(UserError, FileNotFoundError):
-    """An input file or folder a command was pointed at does not exist (a run folder, a samples file, ...)."""
+class MissingPathError(UserError, FileNotFoundError):
+    """An input file or folder a setting names does not exist; the message names the setting and the path."""
 
 
 @dataclass
@@ -208,8 +208,8 @@ def run_cli(main: Callable[[list[str]], Any], args: list[str] | None = None) -> 
         exit_with_user_error(err)
 
 
-__all__ = ["ConfigError", "MissingInputError", "ModelConfig", "ScriptArguments", "UserError", "check_config_keys",
-           "parse_recipe_args", "run_cli", "run_main"]
+__all__ = ["ConfigError", "ModelConfig", "ScriptArguments", "UserError", "check_config_keys", "parse_recipe_args",
+           "run_main"]
 
 
 def load_recipe_module(path: str | os.PathLike) -> ModuleType:

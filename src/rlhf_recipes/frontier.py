@@ -34,7 +34,7 @@ import torch
 from trl import ModelConfig
 
 from .best_of_n import best_of_n, best_of_n_kl
-from .config import ConfigError, MissingInputError, ScriptArguments, load_recipe_module, parse_recipe_args, run_cli
+from .config import ConfigError, ScriptArguments, load_recipe_module, parse_recipe_args
 from .data import load_stage_dataset
 from .demo.judges import judge_scores
 from .evaluation import EvalArguments, evaluate_policies
@@ -193,8 +193,7 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     for needed in ("sft", "reward", "data/prompts", "data/heldout"):
         if not (demo / needed).exists():
-            raise MissingInputError(f"{demo / needed} is missing (`demo_dir` {demo}): build the demo first "
-                                    "(`make demo`), or point `--demo_dir` at one.")
+            raise FileNotFoundError(f"{demo / needed} is missing: build the demo first (`make demo`).")
     torch.manual_seed(args.seed)
     judge = Judge(args)
     common = ["--sft_model_path", str(demo / "sft"), "--model_name_or_path", str(demo / "sft"),
@@ -309,4 +308,4 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 __all__ = ["FrontierArguments", "run_frontier", "summary_lines", "time_to"]
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from rlhf_recipes.config import ConfigError, MissingInputError, UserError
+from rlhf_recipes.config import ConfigError, MissingPathError, UserError
 from rlhf_recipes.data import DataError, load_raw_dataset, read_jsonl, tokenize_texts
 from rlhf_recipes.outputs import OutputExistsError, prepare_output_dir, write_stage_metrics
 
@@ -57,10 +57,10 @@ def test_the_ptx_loader_names_ptx_dataset(tmp_path):
 def test_a_missing_jsonl_or_samples_file_is_a_user_error_that_is_still_a_file_not_found(tmp_path):
     from rlhf_recipes.feedback.store import LabelStore
 
-    with pytest.raises(MissingInputError) as err:
+    with pytest.raises(MissingPathError) as err:
         read_jsonl(tmp_path / "prompts.jsonl")
     assert isinstance(err.value, UserError) and isinstance(err.value, FileNotFoundError)
-    with pytest.raises(MissingInputError, match="`samples_file`"):
+    with pytest.raises(MissingPathError, match="`samples_file`"):
         LabelStore(tmp_path / "samples.jsonl", tmp_path / "comparisons.jsonl")
     assert not (tmp_path / "comparisons.jsonl").exists()
 

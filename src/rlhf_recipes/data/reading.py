@@ -10,7 +10,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset
 
-from ..config import MissingInputError, UserError
+from ..config import MissingPathError, UserError
 
 LOCAL_EXTENSIONS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -135,7 +135,7 @@ def read_jsonl(path: str | os.PathLike, line_numbers: list[int] | None = None) -
     """
     rows = []
     if not Path(path).is_file():
-        raise MissingInputError(f"{path} does not exist (or is not a file). Check the path (relative paths start "
+        raise MissingPathError(f"{path} does not exist (or is not a file). Check the path (relative paths start "
                                 f"from {os.getcwd()}), or that the command that writes it has run.")
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, MissingInputError
+from ..config import ConfigError, MissingPathError
 from ..data import DataError
 from .jsonl import AppendLog
 
@@ -59,8 +59,8 @@ def load_items(samples_file: str | os.PathLike) -> dict[str, Item]:
     items: dict[str, Item] = {}
     path = Path(samples_file)
     if not path.is_file():
-        raise MissingInputError(f"Samples file {path} does not exist (`samples_file`); write it with "
-                                "recipes/sample.py (`make sample`), or point `--samples_file` at it.")
+        raise MissingPathError(f"`samples_file` = {path} does not exist; write it with recipes/sample.py "
+                               "(`make sample`), or point --samples_file at its output.")
     for row in AppendLog(path).rows:
         line = len(items) + 1
         missing = [key for key in ("id", "prompt", "responses") if key not in row]
