@@ -95,7 +95,6 @@ def main(args: LabelArguments, launch: bool = True):
         return None
     users = parse_auth(args)
     share = wants_share(args)
-    from rlhf_recipes.feedback.app import KEYS_JS, build_app
     from rlhf_recipes.feedback.store import LabelStore
 
     guidelines = None
@@ -105,8 +104,10 @@ def main(args: LabelArguments, launch: bool = True):
                               "instructions).")
         with open(args.guidelines, encoding="utf-8") as handle:
             guidelines = handle.read()
+    # The samples and the comparisons so far are read first: a wrong path fails before the app or a model loads.
     store = LabelStore(args.samples_file, args.comparisons_file, overlap_fraction=args.overlap_fraction,
                        overlap_labelers=args.overlap_labelers, seed=args.seed, lease_seconds=args.lease_seconds)
+    from rlhf_recipes.feedback.app import KEYS_JS, build_app
     policy = None
     if args.chat_model_path:
         from rlhf_recipes.feedback.chat import load_chat_policy

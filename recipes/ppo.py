@@ -12,12 +12,13 @@ from rlhf_recipes.config import ConfigError, ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset, resolve_template, tokenize_prompts, tokenize_texts
 from rlhf_recipes.host_memory import keep_freed_memory
 from rlhf_recipes.models import check_lengths, load_model, load_policy_tokenizer
-from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
+from rlhf_recipes.outputs import check_hub_token, prepare_output_dir, resolve_resume_checkpoint, save_stage
 from rlhf_recipes.ppo import PPOConfig, PPOTrainer
 
 
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
     check_hub_token(training_args)
+    prepare_output_dir(training_args, script_args)  # a finished stage is not trained over unasked
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     if not training_args.reward_model_path:
         raise ConfigError("PPO needs a reward model: set `reward_model_path` (the reward stage's output folder).")

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType, ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from trl import ModelConfig, TrlParser
@@ -104,6 +104,13 @@ class ScriptArguments(TrlScriptArguments):
     merge_adapter: bool = field(
         default=False,
         metadata={"help": "With LoRA, also save the adapter merged into the base as a full model (`merged/`)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train even though `output_dir` already holds a finished model or another run's "
+                  "checkpoints: that folder is first moved aside to `<output_dir>.previous-<time>` (nothing is "
+                  "deleted), so the new run starts in an empty folder. Without it such a run is refused; "
+                  "`--resume_from_checkpoint latest` continues the run that is there instead."},
     )
 
 
@@ -365,16 +372,34 @@ def run_main(main: Callable[..., Any], dataclass_types: tuple[type, ...], args: 
     except UserError as err:
         if debug:
             raise
-        message = " ".join(str(err).split())  # one paragraph, whatever line breaks the message had
-        rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"{rank}error: {message}\n(exit code {USER_ERROR_EXIT_CODE}; add --debug or set {DEBUG_ENV}=1 for the "
-              "traceback)", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT_CODE)
+        exit_with_user_error(err)
+
+
+def exit_with_user_error(err: UserError) -> NoReturn:
+    """Print a user error as one paragraph (with the rank under several processes) and exit with code 2."""
+    message = " ".join(str(err).split())  # one paragraph, whatever line breaks the message had
+    rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"{rank}error: {message}\n(exit code {USER_ERROR_EXIT_CODE}; add --debug or set {DEBUG_ENV}=1 for the "
+          "traceback)", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def run_cli(main: Callable[[list[str]], Any], args: list[str] | None = None) -> Any:
+    """`run_main` for the commands that parse their own arguments (`python -m rlhf_recipes.<tool>`): `main(argv)`
+    runs, and a `UserError` exits 2 with its message as one paragraph (`--debug` or RLHF_DEBUG=1: the traceback)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = _debug_requested(argv)
+    try:
+        return main([a for a in argv if a != DEBUG_FLAG])
+    except UserError as err:
+        if debug:
+            raise
+        exit_with_user_error(err)
 
 
 __all__ = ["ConfigError", "MissingPathError", "ModelConfig", "RecipeParser", "ScriptArguments", "UserError",
-           "check_config_keys", "format_help", "help_groups", "parse_recipe_args", "require_paths", "run_main",
-           "user_set_fields"]
+           "check_config_keys", "exit_with_user_error", "format_help", "help_groups", "parse_recipe_args",
+           "require_paths", "run_cli", "run_main", "user_set_fields"]
 
 
 def load_recipe_module(path: str | os.PathLike) -> ModuleType:

@@ -205,7 +205,8 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
     judge = Judge(args)
     common = ["--sft_model_path", str(demo / "sft"), "--model_name_or_path", str(demo / "sft"),
               "--reward_model_path", str(demo / "reward"), "--dataset_name", str(demo / "data/prompts"),
-              "--save_strategy", "steps", "--save_total_limit", "1000", "--report_to", "none"]
+              "--save_strategy", "steps", "--save_total_limit", "1000", "--report_to", "none",
+              "--overwrite_output_dir", "true"]  # a run is retrained only when not reused (train_run)
     points: list[dict[str, Any]] = []
     if "best_of_n" in args.methods:
         # The recipe as PPO parses it, so that a key the YAML leaves out has PPOConfig's default.

@@ -20,7 +20,6 @@ the labeler or the RM) adds `<name>_win_rate` against SFT to every round.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -164,6 +163,7 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
     from ..demo.build import write_jsonl
     from ..demo.corpus import review_prompts
     from ..demo.labeler import rank_responses
+    from .gather import gather_comparisons
     from .sampling import prompt_id
     from .simulated import label_all
     from .store import LabelStore
@@ -220,14 +220,13 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
         before = _rm_accuracy(reward, held)
         # 3. a new RM from SFT on all comparisons so far (held-out items of every round excluded)
         all_held = set().union(*(set(x.get("held_out_ids", [])) for x in rounds), held_ids)
-        train = base_rankings + [{"prompt": row["prompt"], "responses": row["responses"]}
-                                 for row in store.comparisons.rows if row["item_id"] not in all_held]
-        write_jsonl(folder / "reward_data/train.jsonl", train)
-        shutil.copy(demo / "data/reward/test.jsonl", folder / "reward_data/test.jsonl")
+        counts = gather_comparisons([demo / "data/reward", comparisons_file], folder / "reward_data",
+                                    exclude_item_ids=all_held)
         new_reward = str(folder / "reward")
         _run("reward", ["--config", str(REPO / "recipes/demo/reward.yaml"), "--model_name_or_path", sft,
                         "--dataset_name", str(folder / "reward_data"), "--output_dir", new_reward,
-                        "--normalization_dataset", str(demo / "data/sft"), "--num_train_epochs",
+                        "--normalization_dataset", str(demo / "data/sft"), "--overwrite_output_dir", "true",
+                        "--num_train_epochs",
                         str(args.reward_epochs), "--save_strategy", "no", "--seed", str(args.seed + r)])
         after = _rm_accuracy(new_reward, held)
         # 4. PPO continues from the current policy, reference pi_SFT, with the new RM
@@ -235,7 +234,8 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
         _run("ppo", ["--config", str(REPO / "recipes/demo/ppo.yaml"), "--model_name_or_path", sft,
                      "--sft_model_path", sft, "--policy_model_path", policy, "--reward_model_path", new_reward,
                      "--dataset_name", str(folder / "prompts"), "--ptx_dataset", str(demo / "data/ptx/train.jsonl"),
-                     "--output_dir", new_policy, "--total_episodes", str(args.ppo_episodes),
+                     "--output_dir", new_policy, "--overwrite_output_dir", "true",  # a round is redone whole
+                     "--total_episodes", str(args.ppo_episodes),
                      "--save_strategy", "no", "--num_sample_generations", "0", "--seed", str(args.seed + r),
                      "--target_kl", str(args.ppo_target_kl or rounds[0]["kl"]),
                      "--kl_horizon", str(args.ppo_kl_horizon),
@@ -243,7 +243,7 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
                      *_kl_coef_flags(policy, args.ppo_carry_kl_coef)])
         # 5. evaluate
         policy, reward = new_policy, new_reward
-        rounds.append({"round": r, "comparisons": len(train), "policy_path": policy, "reward_path": reward,
+        rounds.append({"round": r, "comparisons": counts["train"], "policy_path": policy, "reward_path": reward,
                        "rm_accuracy_on_policy_before": before, "rm_accuracy_on_policy_after": after,
                        **_evaluate(policy, sft, eval_prompts, args.seed, args.judges), "held_out_ids": sorted(held_ids),
                        "seconds": round(time.time() - start, 1)})

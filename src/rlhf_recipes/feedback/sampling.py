@@ -232,13 +232,19 @@ def run_sampling(script_args, args: SampleArguments, model_args) -> dict[str, An
     from tqdm.auto import tqdm
     from transformers import set_seed
 
-    from ..models import check_same_tokenizer, load_model, load_tokenizer
+    from ..models import check_same_tokenizer, context_length, load_model, load_tokenizer
 
     state = PartialState()
     remote = args.trust_remote_code
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
                                trust_remote_code=remote, padding_side="left",
                                conversation_template=script_args.conversation_template)
+    # The prompts are read and checked before any model loads (the context comes from the config alone).
+    context = context_length(model_args.model_name_or_path, revision=model_args.model_revision,
+                             trust_remote_code=remote)
+    max_prompt_tokens = context - args.max_new_tokens if context else None
+    prompts, report = load_prompts(script_args, args, tokenizer, max_prompt_tokens)
+    log = AppendLog(args.output_file)  # what an earlier run wrote (a damaged tail set aside), also before the models
     model = load_model(model_args, tokenizer, model_name_or_path=model_args.model_name_or_path,
                        trust_remote_code=remote, apply_lora=False).to(state.device).eval()
     reward_model = None
@@ -246,11 +252,7 @@ def run_sampling(script_args, args: SampleArguments, model_args) -> dict[str, An
         check_same_tokenizer(tokenizer, args.reward_model_path, remote)
         reward_model = load_model(model_args, tokenizer, kind="reward", role="reward", model_name_or_path=args.reward_model_path,
                                   trust_remote_code=remote, apply_lora=False).to(state.device).eval()
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    max_prompt_tokens = context - args.max_new_tokens if context else None
-    prompts, report = load_prompts(script_args, args, tokenizer, max_prompt_tokens)
 
-    log = AppendLog(args.output_file)
     written = {row.get("id") for row in log.rows}
     report["already_written"] = sum(prompt_id(p) in written for p in prompts)
     todo = [p for p in prompts if prompt_id(p) not in written]

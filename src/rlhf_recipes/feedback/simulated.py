@@ -42,4 +42,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ..config import run_cli
+
+    run_cli(main)
