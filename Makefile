@@ -23,7 +23,9 @@ STAGE ?=
 DEMO_RESULTS ?= results/demo.md
 # The demo runs on a laptop CPU: one thread per process avoids oversubscribing small cores.
 DEMO_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
-LAUNCH = $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES)
+# `accelerate launch` through a thin wrapper (rlhf_recipes/launch.py): a failed run ends with the recipe's own
+# message and exit code (2 for a user error), not with accelerate's second copy of it under a traceback.
+LAUNCH = $(BIN)/python -m rlhf_recipes.launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES)
 # CPU=1 runs the training recipes on the CPU (no GPU needed): accelerate without mixed precision, and the recipe's
 # `use_cpu`, so a recipe's `bf16: true` runs as CPU autocast (fast with AMX bf16; elsewhere add
 # ARGS="--bf16 false --dtype float32"). e.g. `make pipeline MODEL=gpt2 CPU=1`
@@ -67,7 +69,7 @@ $(BIN)/rlhf-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
 
 demo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR)
-	$(MAKE) sft MODEL=demo CONFIG=
+	$(MAKE) sft MODEL=demo CONFIG= OVERWRITE=1
 	@# the reward model also learns the simulated labeler's rankings of the SFT model's own answers
 	rm -rf $(DEMO_DIR)/feedback/sft
 	$(MAKE) sample MODEL=demo CONFIG=recipes/demo/sample_sft.yaml
@@ -75,8 +77,8 @@ demo: $(BIN)/rlhf-installed
 		--comparisons_file $(DEMO_DIR)/feedback/sft/comparisons.jsonl
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR) \
 		--add_rankings $(DEMO_DIR)/feedback/sft/comparisons.jsonl
-	$(MAKE) reward MODEL=demo CONFIG=
-	$(MAKE) ppo MODEL=demo CONFIG=
+	$(MAKE) reward MODEL=demo CONFIG= OVERWRITE=1
+	$(MAKE) ppo MODEL=demo CONFIG= OVERWRITE=1
 	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate.yaml
 	$(DEMO_ENV) $(BIN)/python recipes/evaluate.py --config recipes/demo/evaluate_heldout.yaml
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.plots $(DEMO_DIR)/sft
@@ -98,8 +100,11 @@ demo-avx2-results:
 check-demo: demo
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --check $(DEMO_RESULTS) --readme README.md
 
+# A stage refuses an output_dir that holds a finished model; OVERWRITE=1 moves that folder aside first (`make demo`
+# rebuilds its stages this way).
+OVERWRITE ?=
 sft reward ppo grpo rloo: $(BIN)/rlhf-installed
-	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(if $(filter ppo,$@),$(PPO_ARGS)) $(RECIPE_ARGS) $(ARGS)
+	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(if $(filter ppo,$@),$(PPO_ARGS)) $(RECIPE_ARGS) $(if $(OVERWRITE),--overwrite_output_dir true) $(ARGS)
 
 best_of_n: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python recipes/best_of_n.py --config $(or $(CONFIG),recipes/$(MODEL)/best_of_n.yaml) $(ARGS)

@@ -178,7 +178,8 @@ def run_variant(name: str, overrides: dict, seed: int, demo: Path, work: Path, r
     ppo_flags = ["--sft_model_path", str(demo / "sft"), "--model_name_or_path", str(demo / "sft"),
                  "--reward_model_path", str(demo / "reward"), "--dataset_name", str(prompts),
                  "--ptx_dataset", str(demo / "data/ptx/train.jsonl"), "--output_dir", str(out / "ppo"),
-                 "--save_strategy", "no", "--seed", str(seed), *_flags(ppo_overrides)]
+                 "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true",
+                 *_flags(ppo_overrides)]
     cmd = [sys.executable, "recipes/ppo.py", "--config", "recipes/demo/ppo.yaml", *ppo_flags]
     if retrain or not wall_file.is_file():  # else: a finished run of the same flags, re-evaluated only
         wall_file.write_text(json.dumps(_run(cmd, out / "ppo.log")))

@@ -31,7 +31,7 @@ def main(script_args: ScriptArguments, bon_args: BestOfNArguments, model_args: M
     prompts = dataset[bon_args.split]["prompt"][: bon_args.num_prompts]
     policy = load_model(model_args, tokenizer, model_name_or_path=policy_path, trust_remote_code=remote,
                         apply_lora=False).eval()
-    reward_model = load_model(model_args, tokenizer, kind="reward", model_name_or_path=bon_args.reward_model_path,
+    reward_model = load_model(model_args, tokenizer, kind="reward", role="reward", model_name_or_path=bon_args.reward_model_path,
                               trust_remote_code=remote, apply_lora=False).eval()
 
     result = best_of_n(policy, reward_model, tokenizer, prompts, n=bon_args.n,

@@ -22,14 +22,14 @@ from rlhf_recipes.feedback.chat import load_chat_policy
 
 @dataclass
 class ChatArguments:
-    max_new_tokens: int = field(default=64, metadata={"help": "Longest reply, in tokens."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling."})
+    max_new_tokens: int = field(default=64, metadata={"range": "[1, inf)", "help": "Longest reply, in tokens."})
+    temperature: float = field(default=0.7, metadata={"range": "(0, inf)", "help": "Sampling temperature."})
+    top_p: float = field(default=0.9, metadata={"range": "(0, 1]", "help": "Nucleus sampling."})
     conversation_template: str = field(
         default="auto", metadata={"help": "auto (the tokenizer's chat template, else HH text), chat_template or hh: "
                                           "render the conversation as the policy was trained.",
                                   "choices": ["auto", "chat_template", "hh"]})
-    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]", "help": "Sampling seed."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
 
 

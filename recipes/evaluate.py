@@ -39,7 +39,7 @@ def main(script_args: ScriptArguments, eval_args: EvalArguments, model_args: Mod
                 for name, path in zip(names, eval_args.policy_paths)}
     reward_model = None
     if eval_args.reward_model_path:
-        reward_model = load_model(model_args, tokenizer, kind="reward", model_name_or_path=eval_args.reward_model_path,
+        reward_model = load_model(model_args, tokenizer, kind="reward", role="reward", model_name_or_path=eval_args.reward_model_path,
                                   trust_remote_code=remote, apply_lora=False).eval()
     reference = policies[names[0]]
     if eval_args.reference_model_path:

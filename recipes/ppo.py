@@ -12,12 +12,13 @@ from rlhf_recipes.config import ConfigError, ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset, resolve_template, tokenize_prompts, tokenize_texts
 from rlhf_recipes.host_memory import keep_freed_memory
 from rlhf_recipes.models import check_lengths, load_model, load_policy_tokenizer
-from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
+from rlhf_recipes.outputs import check_hub_token, prepare_output_dir, resolve_resume_checkpoint, save_stage
 from rlhf_recipes.ppo import PPOConfig, PPOTrainer
 
 
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
     check_hub_token(training_args)
+    prepare_output_dir(training_args, script_args)  # a finished stage is not trained over unasked
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     if not training_args.reward_model_path:
         raise ConfigError("PPO needs a reward model: set `reward_model_path` (the reward stage's output folder).")
@@ -44,10 +45,10 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     policy = load_model(model_args, tokenizer, model_name_or_path=start_path, trust_remote_code=remote)
     ref_policy = None if model_args.use_peft else load_model(model_args, tokenizer, model_name_or_path=sft_path,
                                                              trust_remote_code=remote, apply_lora=False)
-    reward_model = load_model(model_args, tokenizer, kind="reward", model_name_or_path=training_args.reward_model_path,
+    reward_model = load_model(model_args, tokenizer, kind="reward", role="reward", model_name_or_path=training_args.reward_model_path,
                               trust_remote_code=remote, apply_lora=False)
     # InstructGPT initialises the value function from the reward model.
-    value_model = load_model(model_args, tokenizer, kind="value", trust_remote_code=remote,
+    value_model = load_model(model_args, tokenizer, kind="value", role="value", trust_remote_code=remote,
                              model_name_or_path=training_args.value_model_path or training_args.reward_model_path)
 
     trainer = PPOTrainer(args=training_args, processing_class=tokenizer, model=policy, ref_model=ref_policy,

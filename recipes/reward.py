@@ -18,7 +18,7 @@ from rlhf_recipes.config import ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset
 from rlhf_recipes.host_memory import keep_freed_memory
 from rlhf_recipes.models import check_lengths, load_model, load_tokenizer, write_reward_bias
-from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
+from rlhf_recipes.outputs import check_hub_token, prepare_output_dir, resolve_resume_checkpoint, save_stage
 from rlhf_recipes.reward import (
     RewardConfig,
     RewardTrainer,
@@ -30,6 +30,7 @@ from rlhf_recipes.reward import (
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> dict:
     check_hub_token(training_args)
+    prepare_output_dir(training_args, script_args)  # a finished stage is not trained over unasked
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
                                trust_remote_code=training_args.trust_remote_code,
@@ -41,6 +42,18 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     dataset, reports = load_stage_dataset(script_args, "reward", tokenizer=tokenizer,
                                           max_prompt_tokens=max_prompt_tokens, seed=training_args.seed,
                                           max_length=training_args.max_length, report_dir=training_args.output_dir)
+    # The normalisation's reference set is read now, before any model loads: a bad one fails in seconds, not after
+    # training (unset, it is the preferred responses of the training comparisons).
+    reference, source = None, training_args.normalization_dataset
+    if training_args.normalization_samples > 0:
+        if source:
+            reference, report = load_reference_set(source, samples=training_args.normalization_samples,
+                                                   tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
+                                                   conversation_template=script_args.conversation_template)
+            reports.append(report)
+        else:
+            source = f"{script_args.dataset_name} (preferred responses)"
+            reference = reference_from_comparisons(dataset["train"], training_args.normalization_samples)
     set_seed(training_args.seed)  # the scalar head is new: initialise it reproducibly
     model = load_model(model_args, tokenizer, kind="reward", trust_remote_code=training_args.trust_remote_code)
     trainer = RewardTrainer(model=model, args=training_args, train_dataset=dataset["train"],
@@ -59,16 +72,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         after = trainer.evaluate()
         metrics.update({key: after[key] for key in ("eval_loss", "eval_accuracy", "eval_margin")})
 
-    if training_args.normalization_samples > 0:
-        source = training_args.normalization_dataset
-        if source:
-            reference, report = load_reference_set(source, samples=training_args.normalization_samples,
-                                                   tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
-                                                   conversation_template=script_args.conversation_template)
-            reports.append(report)
-        else:
-            source = f"{script_args.dataset_name} (preferred responses)"
-            reference = reference_from_comparisons(dataset["train"], training_args.normalization_samples)
+    if reference is not None:
         normalization = normalize_reward_model(trainer, reference, source=source)
         metrics.update(reward_bias=normalization["bias"], reference_raw_mean=normalization["raw_mean"])
         if trainer.accelerator.is_main_process:

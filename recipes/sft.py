@@ -13,7 +13,7 @@ from rlhf_recipes.config import ScriptArguments, run_main
 from rlhf_recipes.data import load_stage_dataset
 from rlhf_recipes.host_memory import keep_freed_memory
 from rlhf_recipes.models import check_lengths, load_model, load_tokenizer
-from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
+from rlhf_recipes.outputs import check_hub_token, prepare_output_dir, resolve_resume_checkpoint, save_stage
 from rlhf_recipes.sft import SFTConfig, SFTTrainer
 
 
@@ -30,6 +30,7 @@ class FirstEvaluation(TrainerCallback):
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
     check_hub_token(training_args)
+    prepare_output_dir(training_args, script_args)  # a finished stage is not trained over unasked
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
                                trust_remote_code=training_args.trust_remote_code,

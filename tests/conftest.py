@@ -42,6 +42,21 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def reward_head_dir(demo_dir, tmp_path_factory) -> Path:
+    """The demo's base model with a fresh one-label head, saved as a reward model: the right kind for every
+    `reward_model_path` (its scores are untrained), for tests that need one fast."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("reward_head")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(demo_dir / "base", num_labels=1)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(demo_dir / "base").save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def hh_sample() -> Path:
     if not SHARED_HH.is_file():
         pytest.skip(f"the shared HH sample is not at {SHARED_HH} (it lives in ../shared/data beside the repo)")

@@ -40,18 +40,23 @@ def best_of_n_kl(n: int) -> float:
 class BestOfNArguments:
     """Arguments of `recipes/best_of_n.py` (the prompts come from `ScriptArguments.dataset_name`)."""
 
-    policy_path: str | None = field(default=None, metadata={"help": "The policy to sample from (the SFT model)."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "The reward model that picks the best."})
-    n: int = field(default=4, metadata={"help": "Responses sampled per prompt."})
+    policy_path: str | None = field(default=None, metadata={"role": "policy",
+        "help": "The policy to sample from (the SFT model)."})
+    reward_model_path: str | None = field(default=None, metadata={"role": "reward",
+        "help": "The reward model that picks the best."})
+    n: int = field(default=4, metadata={"range": "[1, inf)", "help": "Responses sampled per prompt."})
     split: str = field(default="test", metadata={"help": "Prompt split: 'test' (held out) or 'train'."})
-    num_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts of the split."})
-    response_length: int = field(default=24, metadata={"help": "Maximum new tokens."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    num_prompts: int | None = field(default=None, metadata={"range": "[1, inf)",
+        "help": "Use the first N prompts of the split."})
+    response_length: int = field(default=24, metadata={"range": "[1, inf)", "help": "Maximum new tokens."})
+    temperature: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "Sampling temperature."})
     missing_eos_penalty: float | None = field(
-        default=None, metadata={"help": "Subtracted from a response without EOS before choosing (as in PPO)."}
+        default=None, metadata={"range": "[0, inf)",
+            "help": "Subtracted from a response without EOS before choosing (as in PPO)."}
     )
-    batch_size: int = field(default=64, metadata={"help": "Sequences per generation / reward batch."})
-    seed: int = field(default=1234, metadata={"help": "Sampling seed."})
+    batch_size: int = field(default=64, metadata={"range": "[1, inf)",
+        "help": "Sequences per generation / reward batch."})
+    seed: int = field(default=1234, metadata={"range": "[0, 4294967295]", "help": "Sampling seed."})
     output_dir: str = field(default="runs/best_of_n", metadata={"help": "Where best_of_n.jsonl and metrics go."})
     simulated_labeler: bool = field(default=False, metadata={"help": "Also score with the demo's simulated labeler."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})

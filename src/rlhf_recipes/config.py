@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import difflib
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from types import ModuleType
-from typing import Any
+from types import MappingProxyType, ModuleType
+from typing import Any, NoReturn
 
 import yaml
 from trl import ModelConfig, TrlParser
@@ -35,6 +37,18 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A recipe's configuration is wrong; the message says which key, where, and how to fix it."""
+
+
+class MissingPathError(UserError, FileNotFoundError):
+    """An input file or folder a setting names does not exist; the message names the setting and the path."""
+
+
+def require_paths(field_name: str, folder: str | os.PathLike, needed: tuple[str, ...], hint: str) -> None:
+    """Refuse, before any work, a folder setting (`--demo_dir`, ...) that lacks a part the command reads."""
+    missing = [part for part in needed if not os.path.exists(os.path.join(folder, part))]
+    if not os.path.isdir(folder) or missing:
+        what = "does not exist" if not os.path.isdir(folder) else f"lacks {', '.join(missing)}"
+        raise MissingPathError(f"`{field_name}` = {folder} {what}. {hint}")
 
 
 @dataclass
@@ -64,10 +78,13 @@ class ScriptArguments(TrlScriptArguments):
     )
     eval_split_size: float = field(
         default=0.0,
-        metadata={"help": "Hold out this fraction of train (seeded) when the dataset has no test split."},
+        metadata={"help": "Hold out this fraction of train (seeded) when the dataset has no test split.",
+                  "range": "[0, 1)"},
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation rows."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows.",
+                                                                   "range": "[1, inf)"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation rows.",
+                                                                  "range": "[1, inf)"})
     invalid_rows: str = field(
         default="drop",
         metadata={
@@ -87,6 +104,13 @@ class ScriptArguments(TrlScriptArguments):
     merge_adapter: bool = field(
         default=False,
         metadata={"help": "With LoRA, also save the adapter merged into the base as a full model (`merged/`)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train even though `output_dir` already holds a finished model or another run's "
+                  "checkpoints: that folder is first moved aside to `<output_dir>.previous-<time>` (nothing is "
+                  "deleted), so the new run starts in an empty folder. Without it such a run is refused; "
+                  "`--resume_from_checkpoint latest` continues the run that is there instead."},
     )
 
 
@@ -121,6 +145,74 @@ def check_config_keys(config_path: str | os.PathLike, dataclass_types: tuple[typ
                 f"valid keys are the fields of {', '.join(t.__name__ for t in dataclass_types)}."
             )
     return config
+
+
+# Field metadata keys that are ours (`ranges`, `models.ROLES`), not argparse's: the parser leaves them out.
+METADATA_KEYS = ("range", "role")
+# Deprecated transformers field -> its current name: a default the user did not set goes through the current name
+# (TRL still defaults `gradient_checkpointing`, which would print transformers' FutureWarning on every run).
+RENAMED_FIELDS = {"gradient_checkpointing": "activation_checkpointing",
+                  "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or \
+        torch.backends.mps.is_available()
+
+
+class RecipeParser(TrlParser):
+    """TRL's parser, plus: our metadata keys kept from argparse, TRL's defaults of renamed fields set through the
+    current name, and every value checked against its declared range (`rlhf_recipes.ranges`) before the dataclasses
+    are built, so that no `__post_init__` or trainer sees an out-of-range value."""
+
+    def __init__(self, dataclass_types: tuple[type, ...], user_set: frozenset[str] = frozenset()) -> None:
+        super().__init__(dataclass_types)
+        for dataclass_type in dataclass_types:
+            defaults = {f.name: f.default for f in fields(dataclass_type)}
+            for old, new in RENAMED_FIELDS.items():
+                if defaults.get(old) is not None and defaults.get(new, "") is None and not {old, new} & user_set:
+                    self.set_defaults(**{old: None, new: defaults[old]})
+            # TRL's unset `bf16` means "on", which transformers refuses on a machine without a GPU: unset there, fp32.
+            if defaults.get("bf16", False) is None and not {"bf16", "fp16", "use_cpu"} & user_set \
+                    and not _has_accelerator():
+                self.set_defaults(bf16=False)
+
+    @staticmethod
+    def _parse_dataclass_field(parser, dataclass_field):
+        if any(key in dataclass_field.metadata for key in METADATA_KEYS):
+            dataclass_field = copy.copy(dataclass_field)
+            dataclass_field.metadata = MappingProxyType(
+                {k: v for k, v in dataclass_field.metadata.items() if k not in METADATA_KEYS})
+        TrlParser._parse_dataclass_field(parser, dataclass_field)
+
+    def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
+        from .ranges import check_values
+
+        namespace, _ = self.parse_known_args(args=args)
+        check_values(self.dataclass_types, vars(namespace))
+        return super().parse_args_into_dataclasses(args=args, return_remaining_strings=return_remaining_strings,
+                                                   **kwargs)
+
+
+def _flags(argv: list[str]) -> set[str]:
+    """The field names the command line sets (`--name value`, `--name=value`, `--no_name` for a flag)."""
+    names = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return names | {name[3:] for name in names if name.startswith("no_")}
+
+
+USER_SET_ATTRIBUTE = "_rlhf_user_set"
+
+
+def user_set_fields(args: Any) -> frozenset[str] | None:
+    """The fields of a parsed dataclass the user set (in the YAML or as a flag); None for one built in code."""
+    return getattr(args, USER_SET_ATTRIBUTE, None)
+
+
+def _named_fields(message: str, dataclass_types: tuple[type, ...]) -> list[str]:
+    names = {f.name for t in dataclass_types for f in fields(t)}
+    return sorted(n for n in names if re.search(rf"(?<![\w]){re.escape(n)}(?![\w])", message))
 
 
 HELP_ALL_FLAG = "--help-all"
@@ -207,33 +299,43 @@ def _help_requested(argv: list[str]) -> str | None:
 
 def parse_recipe_args(dataclass_types: tuple[type, ...], args: list[str] | None = None,
                       description: str | None = None) -> tuple[Any, ...]:
-    """Parse `--config file.yaml` plus flags into one instance of each dataclass; unknown keys are errors.
+    """Parse `--config file.yaml` plus flags into one instance of each dataclass; unknown keys are errors, and every
+    value is checked against its declared range (`rlhf_recipes.ranges`) before any dataclass is built.
 
     `--help` prints this project's fields and exits; `--help-all` every field, grouped by the class defining it.
-    """
+    Each instance records which of its fields the user set (`user_set_fields`), so that later checks can tell a
+    default from a choice (an unset `max_length` becomes the model's context; a set one must fit it)."""
     argv = list(sys.argv[1:] if args is None else args)
     wanted = _help_requested(argv)
     if wanted:
-        print(format_help(TrlParser(dataclass_types), dataclass_types, show_all=wanted == "all",
+        print(format_help(RecipeParser(dataclass_types), dataclass_types, show_all=wanted == "all",
                           description=description))
         sys.exit(0)
+    config: dict[str, Any] = {}
     if "--config" in argv:
         if argv.index("--config") + 1 >= len(argv):
             raise ConfigError("`--config` needs a file: `--config recipes/<model>/<stage>.yaml`.")
         config_path = argv[argv.index("--config") + 1]
-        check_config_keys(config_path, dataclass_types)
-    parser = TrlParser(dataclass_types)
+        config = check_config_keys(config_path, dataclass_types)
+    user_set = frozenset(config) | frozenset(_flags(argv))
+    parser = RecipeParser(dataclass_types, user_set)
     # argparse prints the usage line with every error; the generated one lists all ~200 flags.
     parser.usage = USAGE.format(prog=parser.prog)
     try:
-        return parser.parse_args_and_config(args=argv, fail_with_unknown_args=True)
+        parsed = parser.parse_args_and_config(args=argv, fail_with_unknown_args=True)
     except ConfigError:
         raise
     except ValueError as err:
         if "Some specified arguments are not used" in str(err):
             raise ConfigError(f"{err}. Check the flag's spelling; `--help` lists every flag.") from err
-        # The dataclasses' own checks (`__post_init__`) of values the user gave.
-        raise ConfigError(f"Invalid recipe arguments: {err}") from err
+        # The dataclasses' own checks (`__post_init__`, TRL's among them) of values the user gave.
+        named = _named_fields(str(err), dataclass_types)
+        where = f" (check {', '.join(f'`{n}`' for n in named)})" if named else ""
+        raise ConfigError(f"Invalid recipe arguments{where}: {err}") from err
+    for instance in parsed:
+        if dataclasses.is_dataclass(instance):
+            object.__setattr__(instance, USER_SET_ATTRIBUTE, frozenset(f.name for f in fields(instance)) & user_set)
+    return parsed
 
 
 DEBUG_FLAG = "--debug"
@@ -270,15 +372,34 @@ def run_main(main: Callable[..., Any], dataclass_types: tuple[type, ...], args: 
     except UserError as err:
         if debug:
             raise
-        message = " ".join(str(err).split())  # one paragraph, whatever line breaks the message had
-        rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"{rank}error: {message}\n(exit code {USER_ERROR_EXIT_CODE}; add --debug or set {DEBUG_ENV}=1 for the "
-              "traceback)", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT_CODE)
+        exit_with_user_error(err)
 
 
-__all__ = ["ConfigError", "ModelConfig", "ScriptArguments", "UserError", "check_config_keys", "format_help",
-           "help_groups", "parse_recipe_args", "run_main"]
+def exit_with_user_error(err: UserError) -> NoReturn:
+    """Print a user error as one paragraph (with the rank under several processes) and exit with code 2."""
+    message = " ".join(str(err).split())  # one paragraph, whatever line breaks the message had
+    rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"{rank}error: {message}\n(exit code {USER_ERROR_EXIT_CODE}; add --debug or set {DEBUG_ENV}=1 for the "
+          "traceback)", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def run_cli(main: Callable[[list[str]], Any], args: list[str] | None = None) -> Any:
+    """`run_main` for the commands that parse their own arguments (`python -m rlhf_recipes.<tool>`): `main(argv)`
+    runs, and a `UserError` exits 2 with its message as one paragraph (`--debug` or RLHF_DEBUG=1: the traceback)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = _debug_requested(argv)
+    try:
+        return main([a for a in argv if a != DEBUG_FLAG])
+    except UserError as err:
+        if debug:
+            raise
+        exit_with_user_error(err)
+
+
+__all__ = ["ConfigError", "MissingPathError", "ModelConfig", "RecipeParser", "ScriptArguments", "UserError",
+           "check_config_keys", "exit_with_user_error", "format_help", "help_groups", "parse_recipe_args",
+           "require_paths", "run_cli", "run_main", "user_set_fields"]
 
 
 def load_recipe_module(path: str | os.PathLike) -> ModuleType:

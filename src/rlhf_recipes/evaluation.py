@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import encode_text
+from .demo.judges import JUDGES
 from .evaluation_metrics import distinct_n, eos_fraction, markdown_table, mean_std, win_rate
 from .models import reward_scores
 from .ppo.core import first_true_indices, logprobs_from_logits, truncate_after_stop_token
@@ -33,21 +34,24 @@ JUDGE_COLUMNS = [f"{j}_{m}" for j in ("vader", "afinn") for m in ("score", "win_
 class EvalArguments:
     """Arguments of `recipes/evaluate.py` (the prompts come from `ScriptArguments.dataset_name`)."""
 
-    policy_paths: list[str] = field(default_factory=list, metadata={"help": "Policies to compare; the first is "
-                                                                            "the baseline of the win rate."})
+    policy_paths: list[str] = field(default_factory=list, metadata={"role": "policy",
+        "help": "Policies to compare; the first is "
+                "the baseline of the win rate."})
     policy_names: list[str] = field(default_factory=list, metadata={"help": "Display names (default: folder)."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "Judge: the (normalised) reward model."})
+    reward_model_path: str | None = field(default=None, metadata={"role": "reward",
+        "help": "Judge: the (normalised) reward model."})
     reference_model_path: str | None = field(
-        default=None, metadata={"help": "KL reference (default: the first policy)."}
+        default=None, metadata={"role": "policy", "help": "KL reference (default: the first policy)."}
     )
     output_dir: str = field(default="runs/eval", metadata={"help": "Where eval_results.json and report.md go."})
-    num_prompts: int = field(default=64, metadata={"help": "Prompts from the evaluation split."})
-    response_length: int = field(default=24, metadata={"help": "Maximum new tokens."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
-    seed: int = field(default=1234, metadata={"help": "Sampling seed (each policy uses the same one)."})
+    num_prompts: int = field(default=64, metadata={"range": "[1, inf)", "help": "Prompts from the evaluation split."})
+    response_length: int = field(default=24, metadata={"range": "[1, inf)", "help": "Maximum new tokens."})
+    temperature: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "Sampling temperature."})
+    batch_size: int = field(default=32, metadata={"range": "[1, inf)", "help": "Prompts per generation batch."})
+    seed: int = field(default=1234, metadata={"range": "[0, 4294967295]",
+        "help": "Sampling seed (each policy uses the same one)."})
     simulated_labeler: bool = field(default=False, metadata={"help": "Score with the demo's simulated labeler."})
-    judges: list[str] = field(default_factory=list, metadata={
+    judges: list[str] = field(default_factory=list, metadata={"choices": list(JUDGES),
         "help": "Independent sentiment judges (`vader`, `afinn`; needs the `judges` extra): their win rate against "
                 "the first policy, per prompt, ties half."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})

@@ -34,9 +34,9 @@ import torch
 from trl import ModelConfig
 
 from .best_of_n import best_of_n, best_of_n_kl
-from .config import ConfigError, ScriptArguments, load_recipe_module, parse_recipe_args
+from .config import ConfigError, ScriptArguments, load_recipe_module, parse_recipe_args, require_paths, run_main
 from .data import load_stage_dataset
-from .demo.judges import judge_scores
+from .demo.judges import JUDGES, judge_scores
 from .evaluation import EvalArguments, evaluate_policies
 from .evaluation_metrics import distinct_n, markdown_table, mean_std, win_rate
 from .models import load_model, load_tokenizer, score_responses
@@ -53,27 +53,35 @@ class FrontierArguments:
     demo_dir: str = field(default="runs/demo", metadata={"help": "A built demo with its sft/ and reward/ stages."})
     output_dir: str | None = field(default=None, metadata={"help": "Default: <demo_dir>/frontier."})
     recipes_dir: str = field(default="recipes", metadata={"help": "Where ppo.py, grpo.py, rloo.py and demo/ live."})
-    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": "Subset of " + str(METHODS)})
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"choices": list(METHODS),
+        "help": "Subset of " + str(METHODS)})
     eval_prompts: str | None = field(default=None, metadata={
         "help": "Prompts every point is evaluated on (a file or folder rlhf_recipes.data reads; default: the openings no stage "
                 "trained on, <demo_dir>/data/heldout/prompts.jsonl)."})
     eval_split: str = field(default="train", metadata={"help": "Split of eval_prompts (a single file is 'train')."})
-    num_prompts: int = field(default=256, metadata={"help": "Use the first N prompts of that split."})
-    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={
+    num_prompts: int = field(default=256, metadata={"range": "[1, inf)",
+        "help": "Use the first N prompts of that split."})
+    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={"choices": list(JUDGES),
         "help": "Independent judges whose win rate vs SFT every point records (rlhf_recipes.demo.judges)."})
-    episodes: int = field(default=2048, metadata={"help": "Episode budget of every training run (= the demo PPO)."})
-    checkpoints: int = field(default=8, metadata={"help": "Checkpoints evaluated along each training run."})
-    best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    grpo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5])
-    rloo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5])
-    seeds: list[int] = field(default_factory=lambda: [42], metadata={
+    episodes: int = field(default=2048, metadata={"range": "[1, inf)",
+        "help": "Episode budget of every training run (= the demo PPO)."})
+    checkpoints: int = field(default=8, metadata={"range": "[1, inf)",
+        "help": "Checkpoints evaluated along each training run."})
+    best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], metadata={"range": "[1, inf)"})
+    grpo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5], metadata={"range": "[0, inf)"})
+    rloo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5], metadata={"range": "[0, inf)"})
+    seeds: list[int] = field(default_factory=lambda: [42], metadata={"range": "[0, 4294967295]",
         "help": "Training seeds: every PPO/GRPO/RLOO run is repeated per seed (one seed: the recipes' 42)."})
-    response_length: int = field(default=24, metadata={"help": "= the demo recipes' response length."})
-    seed: int = field(default=1234, metadata={"help": "Evaluation sampling seed (= recipes/demo/evaluate.yaml)."})
-    batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch in evaluation."})
+    response_length: int = field(default=24, metadata={"range": "[1, inf)",
+        "help": "= the demo recipes' response length."})
+    seed: int = field(default=1234, metadata={"range": "[0, 4294967295]",
+        "help": "Evaluation sampling seed (= recipes/demo/evaluate.yaml)."})
+    batch_size: int = field(default=64, metadata={"range": "[1, inf)",
+        "help": "Prompts per generation batch in evaluation."})
     reuse_runs: bool = field(default=False, metadata={"help": "Evaluate existing run folders instead of training."})
     gold_thresholds: list[float] = field(default_factory=lambda: [0.75, 0.85],
-                                         metadata={"help": "The summary's 'time to labeler score / win rate X'."})
+                                         metadata={"range": "[0, 1]",
+                                             "help": "The summary's 'time to labeler score / win rate X'."})
 
 
 class Judge:
@@ -87,7 +95,7 @@ class Judge:
         self.tokenizer = load_tokenizer(str(demo / "sft"), padding_side="left")
         self.model_args = ModelConfig(model_name_or_path=str(demo / "sft"), dtype="float32")
         self.sft = self.load(demo / "sft")
-        self.reward_model = load_model(self.model_args, self.tokenizer, kind="reward",
+        self.reward_model = load_model(self.model_args, self.tokenizer, kind="reward", role="reward",
                                        model_name_or_path=str(demo / "reward"), apply_lora=False).eval()
         source = args.eval_prompts or str(demo / "data/heldout/prompts.jsonl")
         dataset, _ = load_stage_dataset(ScriptArguments(dataset_name=source), "prompts")
@@ -189,16 +197,16 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
     if unknown:
         raise ConfigError(f"Unknown method(s) {sorted(unknown)} in --methods; choose from {METHODS}.")
     demo, recipes = Path(args.demo_dir), Path(args.recipes_dir)
+    require_paths("demo_dir", demo, ("sft", "reward", "data/prompts", "data/heldout"),
+                  "Build the demo first (`make demo`), or point --demo_dir at one.")
     out = Path(args.output_dir or demo / "frontier")
     out.mkdir(parents=True, exist_ok=True)
-    for needed in ("sft", "reward", "data/prompts", "data/heldout"):
-        if not (demo / needed).exists():
-            raise FileNotFoundError(f"{demo / needed} is missing: build the demo first (`make demo`).")
     torch.manual_seed(args.seed)
     judge = Judge(args)
     common = ["--sft_model_path", str(demo / "sft"), "--model_name_or_path", str(demo / "sft"),
               "--reward_model_path", str(demo / "reward"), "--dataset_name", str(demo / "data/prompts"),
-              "--save_strategy", "steps", "--save_total_limit", "1000", "--report_to", "none"]
+              "--save_strategy", "steps", "--save_total_limit", "1000", "--report_to", "none",
+              "--overwrite_output_dir", "true"]  # a run is retrained only when not reused (train_run)
     points: list[dict[str, Any]] = []
     if "best_of_n" in args.methods:
         # The recipe as PPO parses it, so that a key the YAML leaves out has PPOConfig's default.
@@ -296,8 +304,7 @@ def write_frontier(out: Path, points: list[dict[str, Any]], thresholds: Sequence
                                      + markdown_table(points, columns) + "\n")
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    (args,) = parse_recipe_args((FrontierArguments,), argv)
+def _main(args: FrontierArguments) -> list[dict[str, Any]]:
     points = run_frontier(args)
     print("\n".join(summary_lines(points, args.gold_thresholds)))
     print(f"Wrote {len(points)} points to {Path(args.output_dir or Path(args.demo_dir) / 'frontier')}")
@@ -305,6 +312,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 __all__ = ["FrontierArguments", "run_frontier", "summary_lines", "time_to"]
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """`python -m rlhf_recipes.frontier`: a user error exits 2 with one paragraph, as every recipe does."""
+    return run_main(_main, (FrontierArguments,), argv)
+
 
 if __name__ == "__main__":
     main()

@@ -100,6 +100,87 @@ def check_model_source(name_or_path: str, what: str = "model", revision: str = "
             ) from err
 
 
+# What each model role needs; `check_model_role` refuses a checkpoint of another kind before its weights load.
+ROLES = {
+    "policy": "a causal language model (an SFT, PPO, GRPO or RLOO output, or a base model), or a LoRA adapter over one",
+    "reward": "a reward model: a sequence-classification model with one label (what recipes/reward.py saves)",
+    "value": "a value model: a sequence-classification model with one label (by default the reward model)",
+    "reward_base": "a model to train a reward head on: a causal language model (usually the SFT output) or a "
+                   "one-label sequence-classification model",
+}
+ModelRole = Literal["policy", "reward", "value", "reward_base"]
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def checkpoint_kind(name_or_path: str) -> tuple[str, str] | None:
+    """What a checkpoint is, from its `config.json` (or a LoRA adapter's `adapter_config.json` and its base), without
+    loading weights: (`causal_lm` | `seq_cls` | `seq_cls_multi` | `other`, a description). None when it cannot be
+    told without the network (a Hub id not in the cache) or declares no architecture."""
+    path = Path(name_or_path).expanduser()
+    adapter = _read_json(path / "adapter_config.json") if path.is_dir() else None
+    if adapter is not None:
+        task = adapter.get("task_type")
+        base = adapter.get("base_model_name_or_path")
+        if task == "SEQ_CLS":
+            return "seq_cls", f"a LoRA reward-model adapter (task SEQ_CLS) over {base}"
+        if task == "CAUSAL_LM":
+            return "causal_lm", f"a LoRA adapter over the causal language model {base}"
+        found = checkpoint_kind(base) if base else None
+        return (found[0], f"a LoRA adapter over {base}, {found[1]}") if found else None
+    if path.is_dir():
+        config = _read_json(path / "config.json")
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(name_or_path), "config.json")
+        except Exception:  # noqa: BLE001 - not a valid Hub id: check_model_source explains it
+            cached = None
+        config = _read_json(Path(cached)) if isinstance(cached, str) else None
+    if not config or not config.get("architectures"):
+        return None
+    architecture = config["architectures"][0]
+    if architecture.endswith(_CAUSAL_SUFFIXES):
+        return "causal_lm", f"a causal language model ({architecture})"
+    if architecture.endswith("ForSequenceClassification"):
+        labels = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else config.get("num_labels", 2)
+        if labels == 1:
+            return "seq_cls", f"a one-label sequence classifier ({architecture}), i.e. a reward model"
+        return "seq_cls_multi", f"a {labels}-label sequence classifier ({architecture}), not a scalar reward model"
+    return "other", f"a {architecture}"
+
+
+_ROLE_ACCEPTS = {"policy": ("causal_lm",), "reward": ("seq_cls",), "value": ("seq_cls",),
+                 "reward_base": ("causal_lm", "seq_cls")}
+_ROLE_FIX = {
+    "policy": "Give the folder of a policy (the SFT or PPO output), not a reward model.",
+    "reward": "Give the output folder of recipes/reward.py (a causal LM has no reward head: its scores would come "
+              "from a freshly initialised one, i.e. noise).",
+    "value": "Give a reward model folder (the value function starts from the reward model, as in InstructGPT), or "
+             "leave value_model_path unset.",
+    "reward_base": "Give the SFT output folder (or another causal language model).",
+}
+
+
+def check_model_role(name_or_path: str | None, role: ModelRole, field: str | None = None) -> None:
+    """Refuse a checkpoint of the wrong kind for `role` (e.g. a reward model as the policy, a causal LM as the
+    reward model), read from its config without loading weights. Unknown kinds (an uncached Hub id) pass."""
+    if not name_or_path:
+        return
+    found = checkpoint_kind(str(name_or_path))
+    if found is None or found[0] in _ROLE_ACCEPTS[role]:
+        return
+    given = f"`{field}` = {name_or_path}" if field else f"The model {name_or_path}"
+    raise ModelError(f"{given} is {found[1]}, but this role needs {ROLES[role]}. {_ROLE_FIX[role]}")
+
+
 def context_length(name_or_path: str, *, revision: str = "main", trust_remote_code: bool = False) -> int | None:
     """The context window (positions) the model's config declares; None when it declares none."""
     from transformers import AutoConfig
@@ -123,10 +204,15 @@ def check_lengths(args, model_paths: str | list[str | None], *, stage: str, gene
     """Check every length field of `args` against the smallest context of `model_paths`, before anything trains.
 
     `generation=(prompt_field, response_field)`: the response is generated after the prompt, so it must leave room
-    for one (and the two together must fit when both are set). `fill_unset`: fields that are None get the context,
-    with a warning (TRL would not truncate at all, and positions past the context fail inside the embedding).
+    for one (and the two together must fit when both are set). A length the user set (in the YAML or as a flag;
+    `config.user_set_fields`) that does not fit is an error. One the user did not set is a default of ours, TRL's
+    or transformers', and is fitted with a warning instead: the fields in `fill_unset` become the context (TRL would
+    not truncate at all when None, and its 1024 is not the model's window), others are lowered only where they do
+    not fit (a response to half the context, a prompt to what the response leaves).
     Returns the context length. Raises `ContextLengthError` listing every field that does not fit.
     """
+    from .config import user_set_fields
+
     paths = [model_paths] if isinstance(model_paths, str) else [p for p in model_paths if p]
     known = {p: c for p in dict.fromkeys(paths)
              if (c := context_length(p, revision=revision, trust_remote_code=trust_remote_code)) is not None}
@@ -135,20 +221,40 @@ def check_lengths(args, model_paths: str | list[str | None], *, stage: str, gene
     source = min(known, key=known.get)
     context = known[source]
     where = f"the {context}-token context of {source}"
+    user_set = user_set_fields(args)
+
+    def unset(name: str) -> bool:
+        return user_set is not None and name not in user_set
+
+    def fit(name: str, value: int) -> None:
+        default = getattr(args, name)
+        logger.warning("%s: %s is unset; using %d, %s%s.", stage, name, value, where,
+                       "" if default is None else f" (the default {default} does not describe this model)")
+        setattr(args, name, value)
+
     problems = []
+    generated = set(generation or ()) - {None}
     for name in LENGTH_FIELDS:
-        value = getattr(args, name, None)
-        if value is None and name in fill_unset:
-            logger.warning("%s: %s is unset; using %d, %s.", stage, name, context, where)
-            setattr(args, name, context)
+        if not hasattr(args, name):
+            continue
+        value = getattr(args, name)
+        if name in fill_unset and (value is None or (unset(name) and value != context)):
+            fit(name, context)
         elif isinstance(value, int) and value < 1:
             problems.append(f"{name} must be at least 1, got {value}")
-        elif isinstance(value, int) and value > context:
+        elif isinstance(value, int) and value > context and unset(name) and name not in generated:
+            fit(name, context)
+        elif isinstance(value, int) and value > context and not (unset(name) and name in generated):
             problems.append(f"{name} {value} is longer than {where}; set it to at most {context}")
     if generation is not None:
         prompt_field, response_field = generation
         response = getattr(args, response_field, None)
         prompt = getattr(args, prompt_field, None) if prompt_field else None
+        if isinstance(response, int) and response >= context and unset(response_field):
+            fit(response_field, response := context // 2)
+        if isinstance(prompt, int) and isinstance(response, int) and prompt + response > context \
+                and unset(prompt_field) and response < context:
+            fit(prompt_field, prompt := context - response)
         if isinstance(response, int) and response >= context:
             problems.append(f"{response_field} {response} leaves no room for a prompt in {where}; lower it")
         elif isinstance(response, int) and isinstance(prompt, int) and prompt + response > context:
@@ -251,6 +357,7 @@ def load_model(
     trust_remote_code: bool = False,
     apply_lora: bool | None = None,
     device_map: str | dict | None = None,
+    role: ModelRole | None = None,
 ) -> PreTrainedModel:
     """Load a policy (`causal_lm`), reward or value model (`reward`/`value`: one scalar head) for training.
 
@@ -259,11 +366,16 @@ def load_model(
     embeddings are resized when the tokenizer gained a pad token. With `model_args.use_peft` (or `apply_lora=True`)
     the returned model is a `PeftModel` with fresh LoRA adapters; a reward/value model then trains its score head in
     full. `model_args.load_in_8bit/4bit` quantise the base with bitsandbytes.
+
+    `role` (default: `policy` for a causal LM, `reward_base` for a reward/value model) is checked against the
+    checkpoint's config before any weights load (`check_model_role`); stages that read a trained reward model pass
+    `role="reward"`.
     """
     name = model_name_or_path or model_args.model_name_or_path
     if not name:
         raise ConfigError("No model given: set `model_name_or_path` in the recipe or pass `--model_name_or_path`.")
     check_model_source(name, "model", model_args.model_revision)
+    check_model_role(name, role or ("policy" if kind == "causal_lm" else "reward_base"))
     quantization_config = get_quantization_config(model_args)
     kwargs = {
         "revision": model_args.model_revision,

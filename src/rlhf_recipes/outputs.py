@@ -1,4 +1,5 @@
-"""What every stage does around training: pick the checkpoint to resume, save the final folder, publish it.
+"""What every stage does around training: check its output folder (`prepare_output_dir`: a finished stage is not
+trained over unasked), pick the checkpoint to resume, save the final folder, publish it.
 
 A finished stage folder holds the weights (safetensors), config, tokenizer, `stage_metrics.json`,
 `data_report.json`, a `README.md` model card, and for LoRA runs the adapter (plus `merged/` on request). The next
@@ -11,10 +12,11 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import CheckpointError, latest_checkpoint, verify_checkpoint
+from .checkpoints import CheckpointError, latest_checkpoint, sorted_checkpoints, verify_checkpoint
 from .config import ConfigError
 from .data import DataReport, save_reports
 
@@ -40,6 +42,77 @@ def resolve_resume_checkpoint(training_args) -> str | None:
     return verify_checkpoint(value)
 
 
+# What a finished stage leaves at the top of its folder (`save_stage`): any one of them means a model is there that a
+# later stage or tool may read.
+FINISHED_STAGE_FILES = ("config.json", "adapter_config.json", "model.safetensors", "model.safetensors.index.json",
+                        STAGE_METRICS_FILE, "trainer_state.json")
+
+
+class OutputExistsError(ConfigError, FileExistsError):
+    """`output_dir` holds a finished stage (or another run's checkpoints) and the run was not asked to replace it."""
+
+
+def finished_stage_files(output_dir: str | os.PathLike) -> list[str]:
+    """The files of `FINISHED_STAGE_FILES` at the top of `output_dir` (empty: no finished model there)."""
+    folder = Path(output_dir)
+    return [name for name in FINISHED_STAGE_FILES if (folder / name).is_file()]
+
+
+def _resume_requested(training_args) -> bool:
+    return training_args.resume_from_checkpoint not in (None, "", "false", "False")
+
+
+def prepare_output_dir(training_args, script_args) -> Path | None:
+    """Before anything is loaded: refuse to train into a folder that holds a finished stage or another run's
+    checkpoints, unless the run resumes from one of them (`--resume_from_checkpoint`) or is asked to replace them
+    (`--overwrite_output_dir true`), in which case the old folder is first renamed to `<output_dir>.previous-<UTC
+    time>` so that the new model, its checkpoints and its metrics start in an empty folder and nothing of the old
+    run is lost (delete the old folder once the new model is good). Returns where the old folder went, or None.
+
+    What reads a stage folder (the next stage, sampling, evaluation) never sees a mix of two runs: the old one until
+    it is moved, then no model until the new run saves (an error, not a wrong model).
+    """
+    output_dir = Path(training_args.output_dir)
+    overwrite = bool(getattr(script_args, "overwrite_output_dir", False))
+    moved = None
+    # One process decides and moves; the others check after it (a barrier), and then find an empty folder.
+    with training_args.main_process_first(local=False, desc="checking the output folder"):
+        finished = finished_stage_files(output_dir)
+        checkpoints = sorted_checkpoints(output_dir)
+        if not finished and not checkpoints:
+            return None
+        resume = _resume_requested(training_args)
+        if resume and (checkpoints or str(training_args.resume_from_checkpoint).lower() not in ("latest", "true")):
+            return None  # continuing the run that is there (resolve_resume_checkpoint checks the checkpoint)
+        if not overwrite:
+            what = (f"a finished model ({', '.join(finished)})" if finished else
+                    f"the checkpoints of an unfinished run ({', '.join(p.name for p in checkpoints[-3:])})")
+            resume_hint = ("`--resume_from_checkpoint latest` to continue the run that is there, " if checkpoints
+                           else "")
+            raise OutputExistsError(
+                f"output_dir {output_dir} already holds {what}; training into it would mix two runs (and what reads "
+                f"that folder would see a half-replaced stage). Choose a new `output_dir` (e.g. one folder per data "
+                f"round), {resume_hint}or `--overwrite_output_dir true` to move the old folder aside to "
+                f"{output_dir}.previous-<time> and start clean."
+            )
+        if training_args.process_index == 0:
+            folder = output_dir.resolve()
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            moved = folder.with_name(f"{folder.name}.previous-{stamp}")
+            for n in range(2, 100):  # two replacements within a second
+                if not moved.exists():
+                    break
+                moved = folder.with_name(f"{folder.name}.previous-{stamp}-{n}")
+            try:
+                output_dir.rename(moved)
+            except OSError as err:
+                raise ConfigError(f"--overwrite_output_dir: could not move {output_dir} aside to {moved}: {err}. "
+                                  "Move or delete it yourself, or choose another `output_dir`.") from err
+            logger.warning("overwrite_output_dir: moved the previous contents of %s to %s (delete it once the new "
+                           "model is good).", output_dir, moved)
+    return moved
+
+
 def check_hub_token(training_args) -> None:
     """Refuse a token given as an argument; with `push_to_hub`, check before training what the push needs (a token,
     a safe `hub_strategy`, a repository that is new, private or public on purpose; `hub.check_training_push`)."""
@@ -58,11 +131,10 @@ def check_hub_token(training_args) -> None:
 
 
 def write_stage_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
+    """Write `stage_metrics.json` afresh: the metrics of the run that saved the folder, and of no earlier run."""
     path = Path(output_dir) / STAGE_METRICS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(path.read_text()) if path.is_file() else {}
-    previous.update(metrics)
-    path.write_text(json.dumps(previous, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return path
 
 

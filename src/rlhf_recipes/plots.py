@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="output_dir of a run, a checkpoint-N folder, or a trainer_state.json")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: RUN_DIR)")
     args = parser.parse_args(argv)
-    written = plot_run(args.run_dir, args.out)
+    try:
+        written = plot_run(args.run_dir, args.out)
+    except FileNotFoundError as err:  # a user error: one paragraph and exit code 2, as every recipe's (run_main)
+        print(f"error: {err}. Give the output_dir of a run that has logged at least one step (`make plots "
+              f"RUN=runs/demo/ppo`).\n(exit code 2)", file=sys.stderr, flush=True)
+        return 2
     for path in written:
         print(path)
     if not written:

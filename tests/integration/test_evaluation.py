@@ -105,12 +105,12 @@ def test_write_report(twin_evaluation, tmp_path):
     assert prompts[3] not in report
 
 
-def test_evaluate_recipe_sft_against_base(demo_dir, sft_dir, tmp_path, capsys):
+def test_evaluate_recipe_sft_against_base(demo_dir, sft_dir, reward_head_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     rows = run_recipe("evaluate", [
         "--config", str(REPO / "recipes/demo/evaluate.yaml"), "--dataset_name", str(demo_dir / "data/prompts"),
         "--policy_paths", str(sft_dir), str(demo_dir / "base"), "--policy_names", "sft", "base",
-        "--reward_model_path", str(sft_dir), "--reference_model_path", str(sft_dir), "--output_dir", str(out),
+        "--reward_model_path", str(reward_head_dir), "--reference_model_path", str(sft_dir), "--output_dir", str(out),
         "--num_prompts", "8", "--response_length", "10", "--batch_size", "8"])
 
     assert [r["policy"] for r in rows] == ["sft", "base"]

@@ -191,13 +191,13 @@ def test_ppo_training_run_pushes_policy_and_value_model(fake_hub, demo_dir, sft_
 
 
 @pytest.mark.parametrize("stage", ["sft", "ppo"])
-def test_missing_token_fails_before_training(stage, demo_dir, tmp_path, monkeypatch):
+def test_missing_token_fails_before_training(stage, demo_dir, reward_head_dir, tmp_path, monkeypatch):
     remove_every_token(monkeypatch, tmp_path)
     fake_hub = install_fake_hub(monkeypatch)
     out = tmp_path / "out"
     args = sft_args(demo_dir, out) if stage == "sft" else [
         "--config", str(REPO / "recipes/demo/ppo.yaml"), "--sft_model_path", str(demo_dir / "base"),
-        "--reward_model_path", str(demo_dir / "base"), "--dataset_name", str(demo_dir / "data/prompts"),
+        "--reward_model_path", str(reward_head_dir), "--dataset_name", str(demo_dir / "data/prompts"),
         "--ptx_dataset", str(demo_dir / "data/ptx/train.jsonl"), "--output_dir", str(out)]
     loaded = []
     for name in ("load_model", "load_tokenizer"):  # the recipes bind these when run_recipe imports them
@@ -305,12 +305,12 @@ RECIPES_WITH_PUSH = ("sft", "reward", "ppo", "grpo", "rloo")
 
 def _help(dataclasses) -> str:
     """What `--help` prints (the parser the recipes use), on one long line per option."""
-    from trl import TrlParser
+    from rlhf_recipes.config import RecipeParser
 
     before = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "400"  # argparse wraps help at this width
     try:
-        return TrlParser(dataclasses).format_help()
+        return RecipeParser(dataclasses).format_help()
     finally:
         os.environ.pop("COLUMNS") if before is None else os.environ.update(COLUMNS=before)
 

@@ -60,7 +60,7 @@ def test_sample_writes_k_distinct_answers_and_resumes_after_a_damaged_row(demo_d
     assert Path(f"{output}.damaged").read_text().count(first[5]["id"]) == 1
 
 
-def test_sample_scores_with_the_reward_model(demo_dir, tmp_path):
+def test_sample_scores_with_the_reward_model(demo_dir, reward_head_dir, tmp_path):
     """A reward model (here a fresh head on the base model, bias 0) scores each answer at its EOS."""
     import torch
     from trl import ModelConfig
@@ -69,11 +69,11 @@ def test_sample_scores_with_the_reward_model(demo_dir, tmp_path):
     from rlhf_recipes.models import load_model, load_tokenizer
 
     output = tmp_path / "samples.jsonl"
-    sample(demo_dir, output, "--max_prompts", "2", "--reward_model_path", str(demo_dir / "base"))
+    sample(demo_dir, output, "--max_prompts", "2", "--reward_model_path", str(reward_head_dir))
     assert all(len(r["rm_scores"]) == 4 and all(map(math.isfinite, r["rm_scores"])) for r in rows(output))
     tokenizer = load_tokenizer(str(demo_dir / "base"), padding_side="left")
     torch.manual_seed(0)
-    rm = load_model(ModelConfig(model_name_or_path=str(demo_dir / "base")), tokenizer, kind="reward").eval()
+    rm = load_model(ModelConfig(model_name_or_path=str(reward_head_dir)), tokenizer, kind="reward").eval()
     row = rows(output)[0]
     answers = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in row["responses"]]
     batched = score_answers(rm, tokenizer, row["prompt"], answers)

@@ -14,14 +14,14 @@ PPO_YAML = str(REPO / "recipes/demo/ppo.yaml")
 
 
 def test_ptx_coef_without_a_ptx_dataset_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="ptx_coef > 0 needs a ptx_dataset"):
+    with pytest.raises(ValueError, match="`ptx_coef` = 0.5 needs `ptx_dataset`"):
         PPOConfig(output_dir=str(tmp_path), ptx_coef=0.5, ptx_dataset=None, report_to="none")
 
 
 def test_unknown_kl_estimator_and_non_positive_target_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="kl_estimator"):
+    with pytest.raises(ValueError, match="`kl_estimator` = 'k2' must be one of 'k1', 'k3'"):
         PPOConfig(output_dir=str(tmp_path), kl_estimator="k2", report_to="none")
-    with pytest.raises(ValueError, match="target_kl must be positive"):
+    with pytest.raises(ValueError, match=r"`target_kl` = 0.0 is out of range: it must be in \(0, ∞\)"):
         PPOConfig(output_dir=str(tmp_path), target_kl=0.0, report_to="none")
 
 
@@ -33,13 +33,14 @@ def test_a_reward_model_with_another_tokenizer_is_refused(demo_dir, tmp_path):
         check_same_tokenizer(tokenizer, str(other))
 
 
-def ppo_args(demo_dir, out, *extra):
+def ppo_args(demo_dir, reward_dir, out, *extra):
     return ["--config", PPO_YAML, "--sft_model_path", str(demo_dir / "base"),
-            "--reward_model_path", str(demo_dir / "base"), "--dataset_name", str(demo_dir / "data/prompts"),
+            "--reward_model_path", str(reward_dir), "--dataset_name", str(demo_dir / "data/prompts"),
             "--ptx_dataset", str(demo_dir / "data/ptx/train.jsonl"), "--output_dir", str(out), *extra]
 
 
-def test_response_length_beyond_the_context_window_is_refused_before_loading(demo_dir, tmp_path, monkeypatch):
+def test_response_length_beyond_the_context_window_is_refused_before_loading(demo_dir, reward_head_dir, tmp_path,
+                                                                           monkeypatch):
     import rlhf_recipes.models as models
 
     def must_not_load(*args, **kwargs):
@@ -47,7 +48,7 @@ def test_response_length_beyond_the_context_window_is_refused_before_loading(dem
 
     monkeypatch.setattr(models, "load_model", must_not_load)
     with pytest.raises(ValueError, match="response_length 200 leaves no room for a prompt in the 128-token context"):
-        run_recipe("ppo", ppo_args(demo_dir, tmp_path / "out", "--response_length", "200"))
+        run_recipe("ppo", ppo_args(demo_dir, reward_head_dir, tmp_path / "out", "--response_length", "200"))
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
@@ -71,5 +72,5 @@ def test_auto_bf16_follows_the_cpus_amx_flag_and_bad_backends_are_refused(tmp_pa
         monkeypatch.setattr(ppo_config, "cpu_has_amx_bf16", lambda has_amx=has_amx: has_amx)
         args = PPOConfig(output_dir=str(tmp_path), auto_bf16=True, report_to="none")
         assert args.bf16 is has_amx and args.use_cpu is has_amx  # bf16 on a CPU needs use_cpu
-    with pytest.raises(ValueError, match="generation_backend must be"):
+    with pytest.raises(ValueError, match="`generation_backend` = 'vllm' must be one of"):
         PPOConfig(output_dir=str(tmp_path), generation_backend="vllm", report_to="none")

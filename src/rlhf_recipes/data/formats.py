@@ -11,6 +11,7 @@ from typing import Any, Literal
 from datasets import Dataset, DatasetDict
 
 from ..config import UserError
+from .rankings import ties_problem
 from .reading import DataError, _raise_type_problems, column_type_problem, load_raw_dataset
 from .report import DataReport, log_report, save_reports
 from .templates import ASSISTANT, ConversationTemplate, encode_text, resolve_template
@@ -156,7 +157,13 @@ def _format_reward(row: dict, fmt: str, report: DataReport, row_number: int,
             raise _RowProblem("empty prompt")
         if not responses[0].strip():
             report.note("empty preferred response", row_number)
-        return {"prompt": prompt, "responses": responses}
+        if "ties" not in row:
+            return {"prompt": prompt, "responses": responses}
+        # optional tie groups (`rlhf_recipes.data.rankings`): adjacent positions the labeler found equally good
+        problem = ties_problem(row["ties"], len(responses))
+        if problem:
+            raise _RowProblem(problem)
+        return {"prompt": prompt, "responses": responses, "ties": row["ties"] or []}
     if fmt == "hh":
         chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
         if chosen == rejected:
@@ -307,6 +314,7 @@ def load_stage_dataset(
     dataset_name: str | None = None,
     max_length: int | None = None,
     report_dir: str | os.PathLike | None = None,
+    field: str = "dataset_name",
 ) -> tuple[DatasetDict, list[DataReport]]:
     """Load `script_args.dataset_name` (or `dataset_name`) and return `{train, test?}` formatted for `stage`.
 
@@ -315,12 +323,13 @@ def load_stage_dataset(
     conversations are rendered with `tokenizer`'s chat template unless that says `hh` (or there is none). With
     `max_length`, responses the trainer will cut are counted. With `report_dir` the reports are saved there
     (`data_report.json`) at once; a report that dropped, cut or noted rows is printed at WARNING level with that path.
+    `field` is the setting the dataset came from, named by every error about it.
     """
     template = resolve_template(tokenizer, getattr(script_args, "conversation_template", "auto"))
     name = dataset_name or script_args.dataset_name
     if not name:
-        raise DataError("No dataset given: set `dataset_name` (a Hub id or a local file) in the recipe.")
-    raw = load_raw_dataset(name, getattr(script_args, "dataset_config", None))
+        raise DataError(f"No dataset given: set `{field}` (a Hub id or a local file) in the recipe.")
+    raw = load_raw_dataset(name, getattr(script_args, "dataset_config", None), field=field)
     train_split = script_args.dataset_train_split
     test_split = script_args.dataset_test_split
     if train_split not in raw:
@@ -368,15 +377,15 @@ def tokenize_prompts(dataset: Dataset, tokenizer) -> Dataset:
     return dataset.map(lambda row: {"input_ids": encode_text(tokenizer, row["prompt"])}, desc="Tokenizing prompts")
 
 
-def tokenize_texts(name_or_path: str, tokenizer, max_length: int, template: ConversationTemplate | None = None
-                   ) -> Dataset:
+def tokenize_texts(name_or_path: str, tokenizer, max_length: int, template: ConversationTemplate | None = None,
+                   field: str = "ptx_dataset") -> Dataset:
     """Pretraining-style text for PPO-ptx, cut to `max_length` tokens and ended with EOS: a `text` column, or
     prompt + completion, or the conversations of `messages` or HH `chosen` rendered with `template` (HH when None).
 
     Rows without text are dropped and texts longer than `max_length` cut; both are reported (WARNING level).
     """
     template = template or ConversationTemplate()
-    raw = load_raw_dataset(name_or_path)["train"]
+    raw = load_raw_dataset(name_or_path, field=field)["train"]
     columns = set(raw.column_names)
     if "text" in columns:
         def text_of(row):
@@ -397,8 +406,8 @@ def tokenize_texts(name_or_path: str, tokenizer, max_length: int, template: Conv
                 return "".join(template.split_hh(chosen)) if ASSISTANT in chosen else None
             return chosen
     else:
-        raise DataError(f"{name_or_path}: the ptx dataset needs a `text` column (or `prompt` and `completion`, "
-                        f"`messages`, or HH `chosen`); found {sorted(columns)}.")
+        raise DataError(f"{name_or_path} (`{field}`): the ptx dataset needs a `text` column (or `prompt` and "
+                        f"`completion`, `messages`, or HH `chosen`); found {sorted(columns)}.")
     report = DataReport(source=name_or_path, split="train", stage="ptx", rows_read=len(raw))
     eos = tokenizer.eos_token
     ids = []
@@ -413,6 +422,6 @@ def tokenize_texts(name_or_path: str, tokenizer, max_length: int, template: Conv
         ids.append(tokens[:max_length])
     report.kept = len(ids)
     if not ids:
-        raise DataError(f"{name_or_path}: no usable ptx text.\n{report.summary()}")
+        raise DataError(f"{name_or_path} (`{field}`): no usable ptx text.\n{report.summary()}")
     log_report(report)
     return Dataset.from_dict({"input_ids": ids})

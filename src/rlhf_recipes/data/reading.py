@@ -10,7 +10,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset
 
-from ..config import UserError
+from ..config import MissingPathError, UserError
 
 LOCAL_EXTENSIONS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -134,6 +134,9 @@ def read_jsonl(path: str | os.PathLike, line_numbers: list[int] | None = None) -
     `line_numbers`, when given, receives the line number of each row (blank lines are skipped).
     """
     rows = []
+    if not Path(path).is_file():
+        raise MissingPathError(f"{path} does not exist (or is not a file). Check the path (relative paths start "
+                                f"from {os.getcwd()}), or that the command that writes it has run.")
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             try:
@@ -189,8 +192,21 @@ def _read_local_file(path: Path) -> Dataset:
     return load_dataset(LOCAL_EXTENSIONS[path.suffix], data_files=str(path), split="train")
 
 
-def load_raw_dataset(name_or_path: str, config: str | None = None) -> DatasetDict:
-    """Load a Hub dataset id, a local file (`.jsonl/.json/.csv/.parquet`) or a folder of `train.*`/`test.*` files."""
+def load_raw_dataset(name_or_path: str, config: str | None = None, *, field: str = "dataset_name") -> DatasetDict:
+    """Load a Hub dataset id, a local file (`.jsonl/.json/.csv/.parquet`) or a folder of `train.*`/`test.*` files.
+
+    `field` is the recipe setting the name came from (`dataset_name`, `normalization_dataset`, `ptx_dataset`, ...):
+    every error names it, so that the user knows which of a stage's datasets to fix.
+    """
+    try:
+        return _load_raw_dataset(name_or_path, config, field)
+    except DataError as err:
+        if f"`{field}`" in str(err):
+            raise
+        raise DataError(f"{err} (read from `{field}`)") from err
+
+
+def _load_raw_dataset(name_or_path: str, config: str | None, field: str) -> DatasetDict:
     path = Path(name_or_path)
     if path.is_file():
         if path.suffix not in LOCAL_EXTENSIONS:
@@ -205,7 +221,7 @@ def load_raw_dataset(name_or_path: str, config: str | None = None) -> DatasetDic
             raise DataError(f"{path} is a folder but holds no train.jsonl/.json/.csv/.parquet file.")
         return DatasetDict(splits)
     if path.suffix in LOCAL_EXTENSIONS or name_or_path.startswith((".", "/")):
-        raise DataError(f"Dataset file {name_or_path} does not exist. Check `dataset_name` in your recipe.")
+        raise DataError(f"Dataset file {name_or_path} does not exist. Check `{field}` in your recipe.")
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -214,7 +230,7 @@ def load_raw_dataset(name_or_path: str, config: str | None = None) -> DatasetDic
     except HFValidationError:
         raise DataError(
             f"Dataset {name_or_path!r} is no such local file or folder, and not a valid Hub id either (Hub ids look "
-            f"like 'name' or 'owner/name'). Check `dataset_name` (relative paths start from {os.getcwd()})."
+            f"like 'name' or 'owner/name'). Check `{field}` (relative paths start from {os.getcwd()})."
         ) from None
     try:
         loaded = load_dataset(name_or_path, name=config)
@@ -223,5 +239,5 @@ def load_raw_dataset(name_or_path: str, config: str | None = None) -> DatasetDic
         why = (f" With {' and '.join(offline)} set, only datasets already in the local cache can be read."
                if offline else "")
         raise DataError(f"Dataset {name_or_path!r} is not a local file or folder, and could not be loaded as a Hub "
-                        f"dataset: {err}.{why} Check `dataset_name`.") from err
+                        f"dataset: {err}.{why} Check `{field}`.") from err
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})

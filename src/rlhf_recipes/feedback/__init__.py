@@ -5,5 +5,5 @@
 
 `sampling` (prompt hygiene, stable ids, K distinct answers), `store` (the append-only label store every labeler
 writes through: people in the app, scripts through its API, the demo's simulated labeler), `stats` (progress and
-agreement). Imported by the recipes, never by the trainers.
+agreement), `users` (labeler accounts). Imported by the recipes, never by the trainers.
 """

@@ -20,12 +20,14 @@ the labeler or the RM) adds `<name>_win_rate` against SFT to every round.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+
+from ..config import require_paths
+from ..demo.judges import JUDGES
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -34,24 +36,31 @@ REPO = Path(__file__).resolve().parents[3]
 class RoundsArguments:
     demo_dir: str = field(default="runs/demo", metadata={"help": "A finished `make demo` (sft, reward, ppo, data)."})
     output_dir: str = field(default="runs/demo/iterate", metadata={"help": "Rounds, rounds.json and rounds.png."})
-    rounds: int = field(default=3, metadata={"help": "Rounds after the one-shot policy."})
-    prompts_per_round: int = field(default=192, metadata={"help": "Fresh prompts sampled per round."})
-    num_responses_per_prompt: int = field(default=4, metadata={"help": "K."})
-    held_out_fraction: float = field(default=0.25, metadata={"help": "Of each round's items, kept out of the RM's "
-                                                                      "training to measure its accuracy."})
-    reward_epochs: float = field(default=2.0, metadata={"help": "RM epochs per round (from SFT, on everything)."})
-    ppo_episodes: int = field(default=1024, metadata={"help": "PPO episodes per round."})
+    rounds: int = field(default=3, metadata={"range": "[1, inf)", "help": "Rounds after the one-shot policy."})
+    prompts_per_round: int = field(default=192, metadata={"range": "[1, inf)",
+        "help": "Fresh prompts sampled per round."})
+    num_responses_per_prompt: int = field(default=4, metadata={"range": "[2, 9]", "help": "K."})
+    held_out_fraction: float = field(default=0.25, metadata={"range": "[0, 1)",
+        "help": "Of each round's items, kept out of the RM's "
+                "training to measure its accuracy."})
+    reward_epochs: float = field(default=2.0, metadata={"range": "(0, inf)",
+        "help": "RM epochs per round (from SFT, on everything)."})
+    ppo_episodes: int = field(default=1024, metadata={"range": "[1, inf)", "help": "PPO episodes per round."})
     ppo_target_kl: float | None = field(
-        default=None, metadata={"help": "Adaptive-KL target of each round's PPO (default: the one-shot policy's "
-                                        "measured KL to SFT, so that iterating does not buy reward with drift)."})
-    ppo_kl_horizon: int = field(default=256, metadata={"help": "Adaptive-KL horizon (episodes) of each round's "
-                                                                "PPO: short, so beta adapts within a round."})
+        default=None, metadata={"range": "(0, inf)",
+            "help": "Adaptive-KL target of each round's PPO (default: the one-shot policy's "
+                    "measured KL to SFT, so that iterating does not buy reward with drift)."})
+    ppo_kl_horizon: int = field(default=256, metadata={"range": "[1, inf)",
+        "help": "Adaptive-KL horizon (episodes) of each round's "
+                "PPO: short, so beta adapts within a round."})
     ppo_carry_kl_coef: bool = field(default=True, metadata={"help": "Start each round's KL coefficient where the "
                                                                     "last PPO run ended (false: the recipe's kl_coef)."})
-    eval_prompts: int = field(default=256, metadata={"help": "Held-out openings (`data/heldout`) for the evaluation."})
-    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={
+    eval_prompts: int = field(default=256, metadata={"range": "[1, inf)",
+        "help": "Held-out openings (`data/heldout`) for the evaluation."})
+    judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={"choices": list(JUDGES),
         "help": "Independent judges reported per round besides the labeler (rlhf_recipes.demo.judges)."})
-    seed: int = field(default=0, metadata={"help": "Seeds prompts, sampling and training."})
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]",
+        "help": "Seeds prompts, sampling and training."})
 
 
 def _kl_coef_flags(policy_path: str, carry: bool) -> list[str]:
@@ -86,7 +95,7 @@ def _rm_accuracy(reward_path: str | Path, items: list[tuple[str, list[str], list
 
     tokenizer = load_tokenizer(str(reward_path), padding_side="left")
     model = load_model(ModelConfig(model_name_or_path=str(reward_path), dtype="float32"), tokenizer, kind="reward",
-                       apply_lora=False).eval()
+                       role="reward", apply_lora=False).eval()
     correct = total = 0
     for prompt, responses, ranking in items:
         ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for r in responses]
@@ -154,11 +163,14 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
     from ..demo.build import write_jsonl
     from ..demo.corpus import review_prompts
     from ..demo.labeler import rank_responses
+    from .gather import gather_comparisons
     from .sampling import prompt_id
     from .simulated import label_all
     from .store import LabelStore
 
     demo, out = Path(args.demo_dir), Path(args.output_dir)
+    require_paths("demo_dir", demo, ("sft", "ppo", "reward", "data/heldout/prompts.jsonl", "data/reward/train.jsonl"),
+                  "Build the demo first (`make demo`), or point --demo_dir at one.")
     out.mkdir(parents=True, exist_ok=True)
     sft, policy, reward = str(demo / "sft"), str(demo / "ppo"), str(demo / "reward")
     eval_prompts = [r["prompt"] for r in read_jsonl(demo / "data/heldout/prompts.jsonl")][: args.eval_prompts]
@@ -208,14 +220,13 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
         before = _rm_accuracy(reward, held)
         # 3. a new RM from SFT on all comparisons so far (held-out items of every round excluded)
         all_held = set().union(*(set(x.get("held_out_ids", [])) for x in rounds), held_ids)
-        train = base_rankings + [{"prompt": row["prompt"], "responses": row["responses"]}
-                                 for row in store.comparisons.rows if row["item_id"] not in all_held]
-        write_jsonl(folder / "reward_data/train.jsonl", train)
-        shutil.copy(demo / "data/reward/test.jsonl", folder / "reward_data/test.jsonl")
+        counts = gather_comparisons([demo / "data/reward", comparisons_file], folder / "reward_data",
+                                    exclude_item_ids=all_held)
         new_reward = str(folder / "reward")
         _run("reward", ["--config", str(REPO / "recipes/demo/reward.yaml"), "--model_name_or_path", sft,
                         "--dataset_name", str(folder / "reward_data"), "--output_dir", new_reward,
-                        "--normalization_dataset", str(demo / "data/sft"), "--num_train_epochs",
+                        "--normalization_dataset", str(demo / "data/sft"), "--overwrite_output_dir", "true",
+                        "--num_train_epochs",
                         str(args.reward_epochs), "--save_strategy", "no", "--seed", str(args.seed + r)])
         after = _rm_accuracy(new_reward, held)
         # 4. PPO continues from the current policy, reference pi_SFT, with the new RM
@@ -223,7 +234,8 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
         _run("ppo", ["--config", str(REPO / "recipes/demo/ppo.yaml"), "--model_name_or_path", sft,
                      "--sft_model_path", sft, "--policy_model_path", policy, "--reward_model_path", new_reward,
                      "--dataset_name", str(folder / "prompts"), "--ptx_dataset", str(demo / "data/ptx/train.jsonl"),
-                     "--output_dir", new_policy, "--total_episodes", str(args.ppo_episodes),
+                     "--output_dir", new_policy, "--overwrite_output_dir", "true",  # a round is redone whole
+                     "--total_episodes", str(args.ppo_episodes),
                      "--save_strategy", "no", "--num_sample_generations", "0", "--seed", str(args.seed + r),
                      "--target_kl", str(args.ppo_target_kl or rounds[0]["kl"]),
                      "--kl_horizon", str(args.ppo_kl_horizon),
@@ -231,7 +243,7 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
                      *_kl_coef_flags(policy, args.ppo_carry_kl_coef)])
         # 5. evaluate
         policy, reward = new_policy, new_reward
-        rounds.append({"round": r, "comparisons": len(train), "policy_path": policy, "reward_path": reward,
+        rounds.append({"round": r, "comparisons": counts["train"], "policy_path": policy, "reward_path": reward,
                        "rm_accuracy_on_policy_before": before, "rm_accuracy_on_policy_after": after,
                        **_evaluate(policy, sft, eval_prompts, args.seed, args.judges), "held_out_ids": sorted(held_ids),
                        "seconds": round(time.time() - start, 1)})

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError
 from ..data import encode_text
 from .jsonl import AppendLog
 
@@ -40,31 +39,38 @@ class SampleArguments:
     """Arguments of `recipes/sample.py` (prompts: `ScriptArguments.dataset_name`; policy: `model_name_or_path`)."""
 
     output_file: str = field(default="runs/samples.jsonl", metadata={"help": "JSONL to write (appended, resumable)."})
-    num_responses_per_prompt: int = field(default=4, metadata={"help": "K distinct answers per prompt (2..9)."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "Score each answer with this (normalised) "
-                                                                          "reward model (rm_scores); none: null."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Longest answer, in tokens."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (1.0: the policy's own "
-                                                                "distribution, what PPO samples from)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (1.0: off)."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (x K sequences)."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Keep only the first N prompts after hygiene."})
-    max_attempts: int = field(default=4, metadata={"help": "Draws per prompt to find K distinct answers."})
-    dedupe_prefix_chars: int = field(default=100, metadata={"help": "Drop a prompt that shares this many leading "
-                                                                     "characters (or all of the shorter) with an "
-                                                                     "earlier one; 0: exact duplicates only."})
+    num_responses_per_prompt: int = field(default=4, metadata={"range": "[2, 9]",
+        "help": "K distinct answers per prompt (2..9)."})
+    reward_model_path: str | None = field(default=None, metadata={"role": "reward",
+        "help": "Score each answer with this (normalised) "
+                "reward model (rm_scores); none: null."})
+    max_new_tokens: int = field(default=64, metadata={"range": "[1, inf)", "help": "Longest answer, in tokens."})
+    temperature: float = field(default=1.0, metadata={"range": "(0, inf)",
+        "help": "Sampling temperature (1.0: the policy's own "
+                "distribution, what PPO samples from)."})
+    top_p: float = field(default=1.0, metadata={"range": "(0, 1]", "help": "Nucleus sampling (1.0: off)."})
+    batch_size: int = field(default=8, metadata={"range": "[1, inf)",
+        "help": "Prompts per generate() call (x K sequences)."})
+    max_prompts: int | None = field(default=None, metadata={"range": "[1, inf)",
+        "help": "Keep only the first N prompts after hygiene."})
+    max_attempts: int = field(default=4, metadata={"range": "[1, inf)",
+        "help": "Draws per prompt to find K distinct answers."})
+    dedupe_prefix_chars: int = field(default=100, metadata={"range": "[0, inf)",
+        "help": "Drop a prompt that shares this many leading "
+                "characters (or all of the shorter) with an "
+                "earlier one; 0: exact duplicates only."})
     user_column: str | None = field(default=None, metadata={"help": f"Column naming the prompt's user/source "
                                                                     f"(default: the first of {USER_COLUMNS})."})
-    max_prompts_per_user: int = field(default=200, metadata={"help": "Cap per user/source (InstructGPT: 200)."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed (offset by the process index)."})
+    max_prompts_per_user: int = field(default=200, metadata={"range": "[1, inf)",
+        "help": "Cap per user/source (InstructGPT: 200)."})
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]",
+        "help": "Sampling seed (offset by the process index)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
 
     def __post_init__(self):
-        if not 2 <= self.num_responses_per_prompt <= 9:
-            raise ConfigError(f"num_responses_per_prompt must be 2..9 (InstructGPT's K), got "
-                             f"{self.num_responses_per_prompt}.")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("temperature must be > 0 and top_p in (0, 1].")
+        from ..ranges import check_arguments
+
+        check_arguments(self)
 
 
 def prompt_id(prompt: str) -> str:
@@ -226,25 +232,27 @@ def run_sampling(script_args, args: SampleArguments, model_args) -> dict[str, An
     from tqdm.auto import tqdm
     from transformers import set_seed
 
-    from ..models import check_same_tokenizer, load_model, load_tokenizer
+    from ..models import check_same_tokenizer, context_length, load_model, load_tokenizer
 
     state = PartialState()
     remote = args.trust_remote_code
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
                                trust_remote_code=remote, padding_side="left",
                                conversation_template=script_args.conversation_template)
+    # The prompts are read and checked before any model loads (the context comes from the config alone).
+    context = context_length(model_args.model_name_or_path, revision=model_args.model_revision,
+                             trust_remote_code=remote)
+    max_prompt_tokens = context - args.max_new_tokens if context else None
+    prompts, report = load_prompts(script_args, args, tokenizer, max_prompt_tokens)
+    log = AppendLog(args.output_file)  # what an earlier run wrote (a damaged tail set aside), also before the models
     model = load_model(model_args, tokenizer, model_name_or_path=model_args.model_name_or_path,
                        trust_remote_code=remote, apply_lora=False).to(state.device).eval()
     reward_model = None
     if args.reward_model_path:
         check_same_tokenizer(tokenizer, args.reward_model_path, remote)
-        reward_model = load_model(model_args, tokenizer, kind="reward", model_name_or_path=args.reward_model_path,
+        reward_model = load_model(model_args, tokenizer, kind="reward", role="reward", model_name_or_path=args.reward_model_path,
                                   trust_remote_code=remote, apply_lora=False).to(state.device).eval()
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    max_prompt_tokens = context - args.max_new_tokens if context else None
-    prompts, report = load_prompts(script_args, args, tokenizer, max_prompt_tokens)
 
-    log = AppendLog(args.output_file)
     written = {row.get("id") for row in log.rows}
     report["already_written"] = sum(prompt_id(p) in written for p in prompts)
     todo = [p for p in prompts if prompt_id(p) not in written]

@@ -22,7 +22,7 @@ def label_all(store: LabelStore, labeler: str, rank: Ranker, limit: int | None =
         item = store.next_item(labeler)
         if item is None:
             break
-        store.submit(labeler, item["id"], rank(item["prompt"], item["responses"]))
+        store.submit(labeler, item["id"], rank(item["prompt"], item["responses"]), token=item["token"])
         stored += 1
     return stored
 
@@ -42,4 +42,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ..config import run_cli
+
+    run_cli(main)

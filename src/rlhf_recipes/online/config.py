@@ -19,17 +19,21 @@ class RewardModelArguments:
     """Where the policy starts and what scores it; shared by the GRPO and RLOO stages."""
 
     sft_model_path: str | None = field(
-        default=None, metadata={"help": "The SFT policy to start from (default: model_name_or_path)."}
+        default=None, metadata={"role": "policy",
+            "help": "The SFT policy to start from (default: model_name_or_path)."}
     )
     reward_model_path: str | None = field(
-        default=None, metadata={"help": "The reward model (stage 2 folder or Hub id); its normalisation is applied."}
+        default=None, metadata={"role": "reward",
+            "help": "The reward model (stage 2 folder or Hub id); its normalisation is applied."}
     )
     missing_eos_penalty: float | None = field(
         default=None,
-        metadata={"help": "Subtracted from the score of a completion that hit max_completion_length without EOS "
-                          "(as PPO's missing_eos_penalty)."},
+        metadata={"range": "[0, inf)",
+            "help": "Subtracted from the score of a completion that hit max_completion_length without EOS "
+                    "(as PPO's missing_eos_penalty)."},
     )
-    reward_batch_size: int = field(default=64, metadata={"help": "Completions per reward-model forward."})
+    reward_batch_size: int = field(default=64, metadata={"range": "[1, inf)",
+        "help": "Completions per reward-model forward."})
 
     def check_reward_model(self) -> None:
         if not self.reward_model_path:

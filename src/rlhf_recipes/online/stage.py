@@ -21,7 +21,7 @@ from ..data import encode_text, load_stage_dataset
 from ..host_memory import keep_freed_memory
 from ..hub import with_allow_list_push
 from ..models import check_lengths, load_model, load_policy_tokenizer, lora_config, score_responses
-from ..outputs import check_hub_token, resolve_resume_checkpoint, save_stage
+from ..outputs import check_hub_token, prepare_output_dir, resolve_resume_checkpoint, save_stage
 from .config import RewardModelArguments
 
 # Metrics of TRL's log that the stage reports in stage_metrics.json and the model card.
@@ -61,6 +61,7 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
                  model_args: ModelConfig) -> dict[str, float]:
     """Train `trainer_class` (TRL's GRPOTrainer or RLOOTrainer) from the SFT policy against our reward model."""
     check_hub_token(training_args)
+    prepare_output_dir(training_args, script_args)  # a finished stage is not trained over unasked
     training_args.check_reward_model()
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     sft_path, tokenizer = load_policy_tokenizer(script_args, training_args, model_args)
@@ -76,7 +77,7 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
     # LoRA is TRL's to apply (peft_config): with it, the reference is the policy with the adapter disabled.
     policy = load_model(model_args, tokenizer, model_name_or_path=sft_path, trust_remote_code=remote,
                         apply_lora=False)
-    reward_model = load_model(model_args, tokenizer, kind="reward", model_name_or_path=training_args.reward_model_path,
+    reward_model = load_model(model_args, tokenizer, kind="reward", role="reward", model_name_or_path=training_args.reward_model_path,
                               trust_remote_code=remote, apply_lora=False)
     reward = RewardModelReward(reward_model, tokenizer, missing_eos_penalty=training_args.missing_eos_penalty,
                                batch_size=training_args.reward_batch_size)

@@ -38,36 +38,51 @@ def _accelerator_available() -> bool:
 @dataclass
 class PPOConfig(HubPushArguments, TrainingArguments):
     # ---- TRL's PPOConfig / OnPolicyConfig fields (same names, same meaning) ----
-    sft_model_path: str = field(default=None, metadata={"help": "The SFT policy pi_SFT: start and KL reference."})
-    reward_model_path: str = field(default=None, metadata={"help": "The reward model r(x, y) (frozen)."})
-    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each batch of episodes."})
-    num_mini_batches: int = field(default=1, metadata={"help": "Minibatches (optimizer steps) per PPO epoch."})
-    total_episodes: int | None = field(default=None, metadata={"help": "Episodes to train on (default: one epoch)."})
+    sft_model_path: str = field(default=None, metadata={"role": "policy",
+        "help": "The SFT policy pi_SFT: start and KL reference."})
+    reward_model_path: str = field(default=None, metadata={"role": "reward",
+        "help": "The reward model r(x, y) (frozen)."})
+    num_ppo_epochs: int = field(default=4, metadata={"range": "[1, inf)",
+        "help": "Passes over each batch of episodes."})
+    num_mini_batches: int = field(default=1, metadata={"range": "[1, inf)",
+        "help": "Minibatches (optimizer steps) per PPO epoch."})
+    total_episodes: int | None = field(default=None, metadata={"range": "[1, inf)",
+        "help": "Episodes to train on (default: one epoch)."})
     local_rollout_forward_batch_size: int = field(
-        default=64, metadata={"help": "Sequences per forward pass while generating and scoring rollouts."}
+        default=64, metadata={"range": "[1, inf)",
+            "help": "Sequences per forward pass while generating and scoring rollouts."}
     )
     num_sample_generations: int = field(
-        default=10, metadata={"help": "How many times to print a table of sample responses during training."}
+        default=10, metadata={"range": "[0, inf)",
+            "help": "How many times to print a table of sample responses during training."}
     )
-    response_length: int = field(default=53, metadata={"help": "Maximum new tokens per response."})
+    response_length: int = field(default=53, metadata={"range": "[1, inf)",
+        "help": "Maximum new tokens per response."})
     stop_token: str | None = field(
-        default="eos", metadata={"help": "'eos' stops responses at the EOS token (then truncates and pads)."}
+        default="eos", metadata={"choices": ["eos"],
+            "help": "'eos' stops responses at the EOS token (then truncates and pads)."}
     )
-    stop_token_id: int | None = field(default=None, metadata={"help": "Stop token id (overrides stop_token)."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature, applied in every forward."})
+    stop_token_id: int | None = field(default=None, metadata={"range": "[0, inf)",
+        "help": "Stop token id (overrides stop_token)."})
+    temperature: float = field(default=0.7, metadata={"range": "(0, inf)",
+        "help": "Sampling temperature, applied in every forward."})
     missing_eos_penalty: float | None = field(
-        default=None, metadata={"help": "Subtracted from the score of a response that never emitted EOS."}
+        default=None, metadata={"range": "[0, inf)",
+            "help": "Subtracted from the score of a response that never emitted EOS."}
     )
-    kl_coef: float = field(default=0.05, metadata={"help": "beta, the KL penalty coefficient (initial if adaptive)."})
+    kl_coef: float = field(default=0.05, metadata={"range": "[0, inf)",
+        "help": "beta, the KL penalty coefficient (initial if adaptive)."})
     kl_estimator: str = field(
         default="k1", metadata={"help": "Per-token KL estimator: k1 (log ratio) or k3 (unbiased, non-negative).",
                                 "choices": ["k1", "k3"]}
     )
-    cliprange: float = field(default=0.2, metadata={"help": "PPO clip range epsilon for the policy ratio."})
-    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range for the value function."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Value loss weight."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor (GAE)."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    cliprange: float = field(default=0.2, metadata={"range": "(0, inf)",
+        "help": "PPO clip range epsilon for the policy ratio."})
+    cliprange_value: float = field(default=0.2, metadata={"range": "(0, inf)",
+        "help": "Clip range for the value function."})
+    vf_coef: float = field(default=0.1, metadata={"range": "[0, inf)", "help": "Value loss weight."})
+    gamma: float = field(default=1.0, metadata={"range": "[0, 1]", "help": "Discount factor (GAE)."})
+    lam: float = field(default=0.95, metadata={"range": "[0, 1]", "help": "GAE lambda."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
     ds3_gather_for_generation: bool = field(
         default=True, metadata={"help": "Gather ZeRO-3 shards for generation (fast; needs memory for the policy)."}
@@ -77,32 +92,41 @@ class PPOConfig(HubPushArguments, TrainingArguments):
 
     # ---- Ours ----
     value_model_path: str | None = field(
-        default=None, metadata={"help": "Value function init (default: the reward model, as in InstructGPT)."}
+        default=None, metadata={"role": "value",
+            "help": "Value function init (default: the reward model, as in InstructGPT)."}
     )
     policy_model_path: str | None = field(
-        default=None, metadata={"help": "Start the policy from this checkpoint instead of sft_model_path (the data "
-                                        "loop continues from its last policy); the KL reference stays pi_SFT."}
+        default=None, metadata={"role": "policy",
+            "help": "Start the policy from this checkpoint instead of sft_model_path (the data "
+                    "loop continues from its last policy); the KL reference stays pi_SFT."}
     )
     target_kl: float | None = field(
-        default=None, metadata={"help": "Adaptive KL controller target (Ziegler et al. 2019); off when unset."}
+        default=None, metadata={"range": "(0, inf)",
+            "help": "Adaptive KL controller target (Ziegler et al. 2019); off when unset."}
     )
-    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL controller horizon, in episodes."})
+    kl_horizon: int = field(default=10000, metadata={"range": "[1, inf)",
+        "help": "Adaptive KL controller horizon, in episodes."})
     entropy_coef: float = field(
-        default=0.0, metadata={"help": "Weight of the policy's mean token entropy, subtracted from the loss (a bonus)."}
+        default=0.0, metadata={"range": "[0, inf)",
+            "help": "Weight of the policy's mean token entropy, subtracted from the loss (a bonus)."}
     )
     min_response_length: int = field(
-        default=0, metadata={"help": "Responses shorter than this many tokens lose `short_response_penalty` * the "
-                                     "missing fraction from their score (0: off)."}
+        default=0, metadata={"range": "[0, inf)",
+            "help": "Responses shorter than this many tokens lose `short_response_penalty` * the "
+                    "missing fraction from their score (0: off)."}
     )
-    short_response_penalty: float = field(default=1.0, metadata={"help": "See `min_response_length`."})
-    ptx_coef: float = field(default=0.0, metadata={"help": "gamma of PPO-ptx: weight of the pretraining loss."})
+    short_response_penalty: float = field(default=1.0, metadata={"range": "[0, inf)",
+        "help": "See `min_response_length`."})
+    ptx_coef: float = field(default=0.0, metadata={"range": "[0, inf)",
+        "help": "gamma of PPO-ptx: weight of the pretraining loss."})
     ptx_dataset: str | None = field(
         default=None, metadata={"help": "Pretraining or SFT text for PPO-ptx (Hub id or local file)."}
     )
     ptx_batch_size: int = field(
-        default=4, metadata={"help": "ptx sequences per micro-batch, added to the same optimizer step."}
+        default=4, metadata={"range": "[1, inf)",
+            "help": "ptx sequences per micro-batch, added to the same optimizer step."}
     )
-    ptx_max_length: int = field(default=128, metadata={"help": "Token length of ptx sequences."})
+    ptx_max_length: int = field(default=128, metadata={"range": "[1, inf)", "help": "Token length of ptx sequences."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     auto_bf16: bool = field(
         default=False, metadata={"help": "Decide bf16 from the hardware: on with a bf16-capable GPU or, without one, "
@@ -121,6 +145,9 @@ class PPOConfig(HubPushArguments, TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        from ..ranges import check_arguments
+
+        check_arguments(self)  # the declared ranges and cross-field rules, also for a config built in code
         if self.auto_bf16 and not self.fp16:
             accelerator = _accelerator_available() and not self.use_cpu
             self.bf16 = torch.cuda.is_bf16_supported() if accelerator and torch.cuda.is_available() else (
@@ -128,15 +155,6 @@ class PPOConfig(HubPushArguments, TrainingArguments):
         if self.bf16 and not self.use_cpu and not _accelerator_available():
             self.use_cpu = True  # bf16 autocast on the CPU (TrainingArguments refuses bf16 without a GPU otherwise)
         super().__post_init__()
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
-        if self.generation_backend not in ("generate", "static", "compile"):
-            raise ValueError(f"generation_backend must be 'generate', 'static' or 'compile', got "
-                             f"{self.generation_backend!r}.")
-        if self.ptx_coef > 0 and not self.ptx_dataset:
-            raise ValueError("ptx_coef > 0 needs a ptx_dataset (pretraining or SFT text); set one or ptx_coef: 0.")
-        if self.target_kl is not None and self.target_kl <= 0:
-            raise ValueError(f"target_kl must be positive, got {self.target_kl}.")
 
     # TRL's derived batch sizes, computed from the world size at run time.
     def batch_sizes(self, world_size: int) -> dict[str, int]:

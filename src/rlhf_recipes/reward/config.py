@@ -44,14 +44,12 @@ class RewardConfig(HubPushArguments, TrlRewardConfig):
     )
     normalization_samples: int = field(
         default=1024,
-        metadata={"help": "Score the first N rows of the reference set for the normalisation bias (0: no bias)."},
+        metadata={"range": "[0, inf)",
+            "help": "Score the first N rows of the reference set for the normalisation bias (0: no bias)."},
     )
 
     def __post_init__(self):
+        from ..ranges import check_arguments
+
+        check_arguments(self)  # the declared ranges, also for a config built in code
         super().__post_init__()
-        if self.ranking_batching not in RANKING_BATCHING:
-            raise ValueError(
-                f"ranking_batching must be one of {RANKING_BATCHING}, got {self.ranking_batching!r}."
-            )
-        if self.normalization_samples < 0:
-            raise ValueError("normalization_samples must be >= 0 (0 turns the normalisation off).")

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from ..data.rankings import ranking_pairs
 
 
-def expand_ranking(responses: list[str]) -> list[tuple[str, str]]:
-    """(chosen, rejected) for every pair of a ranking ordered best to worst: C(K, 2) pairs."""
-    return [(responses[i], responses[j]) for i, j in ranking_pairs(len(responses))]
+def expand_ranking(responses: list[str], ties: list[list[int]] | None = None) -> list[tuple[str, str]]:
+    """(chosen, rejected) for every pair of a ranking ordered best to worst: C(K, 2) pairs, less the pairs inside a
+    tie group (no order is invented between answers the labeler found equally good)."""
+    return [(responses[i], responses[j]) for i, j in ranking_pairs(len(responses), ties)]
 
 
 def pairwise_loss(
@@ -62,28 +63,40 @@ def group_rewards(rewards: torch.Tensor, group_sizes: torch.Tensor | list[int]) 
     return matrix, mask
 
 
-def ranking_differences(rewards: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """r_w - r_l for every pair of every ranking: `rewards` [B, K] ordered best to worst, `mask` [B, K] real entries.
+def tie_mask(tie_groups: torch.Tensor) -> torch.Tensor:
+    """[B, K] tie group id per position (-1: in no group) -> [B, K, K], true where two positions share a group."""
+    same = tie_groups.unsqueeze(-1) == tie_groups.unsqueeze(-2)
+    return same & (tie_groups >= 0).unsqueeze(-1)
 
-    Returns `differences` [B, K, K] (entry i, j is r_i - r_j) and `pair_mask` [B, K, K], true where i < j and both
-    responses exist, i.e. on the C(K_b, 2) comparisons of each ranking.
+
+def ranking_differences(rewards: torch.Tensor, mask: torch.Tensor, tie_groups: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """r_w - r_l for every pair of every ranking: `rewards` [B, K] ordered best to worst, `mask` [B, K] real entries,
+    `tie_groups` [B, K] optional tie group ids (-1: none).
+
+    Returns `differences` [B, K, K] (entry i, j is r_i - r_j) and `pair_mask` [B, K, K], true where i < j, both
+    responses exist and they are not tied, i.e. on the comparisons `ranking_pairs(K_b, ties)` gives.
     """
     differences = rewards.unsqueeze(-1) - rewards.unsqueeze(-2)
     k = rewards.shape[-1]
     upper = torch.ones(k, k, dtype=torch.bool, device=rewards.device).triu(diagonal=1)
     pair_mask = upper & mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    if tie_groups is not None:
+        pair_mask = pair_mask & ~tie_mask(tie_groups)
     return differences, pair_mask
 
 
-def grouped_ranking_loss(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def grouped_ranking_loss(rewards: torch.Tensor, mask: torch.Tensor | None = None,
+                         tie_groups: torch.Tensor | None = None) -> torch.Tensor:
     """InstructGPT's ranking loss: per prompt, -1/C(K,2) * sum over its pairs of log sigmoid(r_w - r_l); mean over prompts.
 
     `rewards` [B, K] holds each prompt's rewards ordered best to worst; `mask` [B, K] marks the real responses when
-    prompts have different K (padding entries are ignored). Every prompt weighs the same whatever its K.
+    prompts have different K (padding entries are ignored); `tie_groups` [B, K] leaves the pairs inside a tie group
+    out (the mean is then over the remaining pairs). Every prompt weighs the same whatever its K.
     """
     if mask is None:
         mask = torch.ones_like(rewards, dtype=torch.bool)
-    differences, pair_mask = ranking_differences(rewards, mask)
+    differences, pair_mask = ranking_differences(rewards, mask, tie_groups)
     num_pairs = pair_mask.sum(dim=(-1, -2))
     if bool((num_pairs == 0).any()):
         raise ValueError("every ranking needs at least two responses")

@@ -32,16 +32,16 @@ logger = logging.getLogger(__name__)
 def load_reference_set(
     name: str, *, samples: int, tokenizer: PreTrainedTokenizerBase | None = None,
     max_prompt_tokens: int | None = None, split: str = "train", config: str | None = None,
-    conversation_template: str = "auto",
+    conversation_template: str = "auto", field: str = "normalization_dataset",
 ) -> tuple[Dataset, DataReport]:
     """The first `samples` rows of a dataset in any SFT format, as `prompt`, `completion` rows (or `text`), rendered
-    like the training data (`conversation_template`)."""
-    raw = load_raw_dataset(name, config)
+    like the training data (`conversation_template`). Errors name `field`, the setting the dataset came from."""
+    raw = load_raw_dataset(name, config, field=field)
     if split not in raw:
         split = "train"
     dataset = raw[split]
     dataset = dataset.select(range(min(samples, len(dataset))))
-    fmt = detect_format(dataset.column_names, name, "sft")
+    fmt = detect_format(dataset.column_names, f"{name} (`{field}`)", "sft")
     reference, report = format_split(dataset, stage="sft", fmt=fmt, source=name, split=f"{split} (normalisation)",
                                       tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
                                       template=resolve_template(tokenizer, conversation_template))

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ("chosen_ids", "rejected_ids")
 GROUP_COLUMN = "responses_ids"
+TIE_COLUMN = "tie_groups"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -75,8 +76,9 @@ def encode_response(
 
 def _expand_rankings(batch: dict[str, list]) -> dict[str, list]:
     out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": []}
-    for prompt, responses in zip(batch["prompt"], batch["responses"]):
-        for chosen, rejected in expand_ranking(responses):
+    ties = batch.get("ties") or [None] * len(batch["prompt"])
+    for prompt, responses, tied in zip(batch["prompt"], batch["responses"], ties):
+        for chosen, rejected in expand_ranking(responses, tied):  # tied pairs left out
             out["prompt"].append(prompt)
             out["chosen"].append(chosen)
             out["rejected"].append(rejected)
@@ -118,13 +120,20 @@ def prepare_reward_dataset(
         if ranking_batching == "grouped":
             encoded = [encode_response(tokenizer, example["prompt"], r, max_length) for r in example["responses"]]
             truncated += sum(cut for _, cut in encoded)
-            return {GROUP_COLUMN: [ids for ids, _ in encoded]}
+            out = {GROUP_COLUMN: [ids for ids, _ in encoded]}
+            if "ties" in example:  # the tie group of each position, -1 for none: the loss masks tied pairs
+                groups = [-1] * len(example["responses"])
+                for g, members in enumerate(example["ties"] or []):
+                    for position in members:
+                        groups[position] = g
+                out[TIE_COLUMN] = groups
+            return out
         chosen, cut_chosen = encode_response(tokenizer, example["prompt"], example["chosen"], max_length)
         rejected, cut_rejected = encode_response(tokenizer, example["prompt"], example["rejected"], max_length)
         truncated += cut_chosen + cut_rejected
         return {"chosen_ids": chosen, "rejected_ids": rejected}
 
-    keep = {"margin"} if ranking_batching == "pairs" else set()
+    keep = {"margin"} if ranking_batching == "pairs" else {TIE_COLUMN}
     dataset = dataset.map(tokenize, remove_columns=[c for c in dataset.column_names if c not in keep],
                           desc=f"Tokenizing {name} dataset", load_from_cache_file=False)
     if truncated:
@@ -155,6 +164,10 @@ class RewardDataCollator(DataCollatorMixin):
         if GROUP_COLUMN in examples[0]:
             sequences = [ids for example in examples for ids in example[GROUP_COLUMN]]
             extra["group_sizes"] = torch.tensor([len(example[GROUP_COLUMN]) for example in examples])
+            if TIE_COLUMN in examples[0]:
+                k_max = max(len(example[TIE_COLUMN]) for example in examples)
+                extra[TIE_COLUMN] = torch.tensor([list(e[TIE_COLUMN]) + [-1] * (k_max - len(e[TIE_COLUMN]))
+                                                  for e in examples])
         else:
             sequences = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
             if "margin" in examples[0]:
@@ -234,7 +247,7 @@ class RewardTrainer(SafeTrainerMixin, TrlRewardTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = [*PAIR_COLUMNS, "margin", GROUP_COLUMN]
+            self._signature_columns = [*PAIR_COLUMNS, "margin", GROUP_COLUMN, TIE_COLUMN]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -247,20 +260,21 @@ class RewardTrainer(SafeTrainerMixin, TrlRewardTrainer):
             mask = torch.ones_like(matrix, dtype=torch.bool)
         else:
             matrix, mask = group_rewards(rewards, group_sizes.tolist())
-            loss = grouped_ranking_loss(matrix, mask)
+            tie_groups = inputs.get(TIE_COLUMN)
+            loss = grouped_ranking_loss(matrix, mask, tie_groups)
         if self.args.center_rewards_coefficient is not None:
             loss = loss + self.args.center_rewards_coefficient * torch.mean(rewards**2)
-        self._record_metrics(mode, inputs, rewards.detach(), matrix.detach(), mask)
+        self._record_metrics(mode, inputs, rewards.detach(), matrix.detach(), mask, inputs.get(TIE_COLUMN))
         return (loss, {"rewards": matrix}) if return_outputs else loss
 
     @torch.no_grad()
-    def _record_metrics(self, mode: str, inputs, rewards, matrix, mask) -> None:
+    def _record_metrics(self, mode: str, inputs, rewards, matrix, mask, tie_groups=None) -> None:
         if mode == "train":
             tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
             self._total_train_tokens += tokens // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
-        differences, pair_mask = ranking_differences(matrix, mask)
+        differences, pair_mask = ranking_differences(matrix, mask, tie_groups)
         per_example = torch.stack([
             ((differences > 0) & pair_mask).sum(dim=(-1, -2)).float(),
             pair_mask.sum(dim=(-1, -2)).float(),
