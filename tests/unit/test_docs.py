@@ -191,11 +191,11 @@ def python_entry(argv: list[str]) -> tuple[str, str, list[str]] | None:
     if not argv:
         return None
     exe = Path(argv[0]).name
-    launcher = exe == "accelerate" and argv[1:2] == ["launch"]
-    # The Makefile's quiet wrapper of `accelerate launch` takes the same arguments.
-    wrapper = exe.startswith("python") and argv[1:3] == ["-m", "rlhf_recipes.launch"]
-    if launcher or wrapper:
-        rest = argv[2:] if launcher else argv[3:]
+    # `accelerate launch`, or the Makefile's quiet wrapper of it (`python -m rlhf_recipes.launch`), then the script.
+    launcher = 2 if exe == "accelerate" and argv[1:2] == ["launch"] else \
+        3 if exe.startswith("python") and argv[1:3] == ["-m", "rlhf_recipes.launch"] else 0
+    if launcher:
+        rest = argv[launcher:]
         for i, token in enumerate(rest):
             if token.endswith(".py"):
                 config = rest[rest.index("--config_file") + 1] if "--config_file" in rest[:i] else None
