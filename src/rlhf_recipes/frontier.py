@@ -28,6 +28,7 @@ the summary lines quoted in the README).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -74,6 +75,10 @@ class FrontierArguments:
     rloo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5])
     dpo_betas: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3], metadata={
         "help": "DPO's beta per run (the pull towards SFT; TRL's and the DPO paper's default is 0.1)."})
+    dpo_ranking_pairs: list[str] = field(default_factory=lambda: ["best_vs_rest"], metadata={
+        "help": "The pairs DPO takes from each ranking, one run per value and beta (all, best_vs_rest, best_vs_worst)."})
+    dpo_max_rankings: int | None = field(default=None, metadata={
+        "help": "Train DPO on the first N training rankings only (default: all of them, one epoch)."})
     online_dpo_betas: list[float] = field(default_factory=lambda: [0.1])
     merge_results: str | None = field(default=None, metadata={
         "help": "An earlier frontier.json: its points of the methods not in --methods are kept (refused when its "
@@ -207,9 +212,9 @@ def dpo_schedule(recipe: Path, argv: list[str]) -> tuple[int, int]:
     return steps, min(pairs * math.ceil(training_args.num_train_epochs), steps * per_step)
 
 
-def merge_points(path: str | Path, points: list[dict[str, Any]], sft_point: dict[str, Any],
-                 methods: Sequence[str]) -> list[dict[str, Any]]:
-    """`points` plus the points of `path` whose method is not in `methods`, if `path` measured the same SFT policy."""
+def kept_points(path: str | Path, sft_point: dict[str, Any], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """The points of an earlier `frontier.json` whose method is not in `methods`, if it measured the same SFT policy
+    on the same prompts (its SFT points equal `sft_point`)."""
     earlier = json.loads(Path(path).read_text())
     starts = [p for p in earlier if p.get("checkpoint") == "sft"]
     keys = ("gold_score", "proxy_reward", "distinct_2", "mean_words")
@@ -221,7 +226,7 @@ def merge_points(path: str | Path, points: list[dict[str, Any]], sft_point: dict
                 "methods with --methods instead of merging.")
     if not starts:
         raise ConfigError(f"{path} has no SFT point (checkpoint 'sft') to check it against this run: rerun instead.")
-    return points + [p for p in earlier if p["method"] not in methods]
+    return [p for p in earlier if p["method"] not in methods]
 
 
 def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
@@ -237,6 +242,9 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
             raise FileNotFoundError(f"{demo / needed} is missing: build the demo first (`make demo`).")
     torch.manual_seed(args.seed)
     judge = Judge(args)
+    # Checked before anything trains: merging points measured against another SFT policy would mislead.
+    kept = kept_points(args.merge_results, judge.point(judge.sft_row, judge.sft_texts), args.methods) \
+        if args.merge_results else []
     common = ["--sft_model_path", str(demo / "sft"), "--model_name_or_path", str(demo / "sft"),
               "--reward_model_path", str(demo / "reward"), "--dataset_name", str(demo / "data/prompts"),
               "--save_strategy", "steps", "--save_total_limit", "1000", "--report_to", "none"]
@@ -283,20 +291,21 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
                                      args.episodes, beta=beta, seed=seed)
         if "dpo" in args.methods:
             # The reward model's own training rankings, from the SFT policy; no reward model, no sampling.
-            for beta in args.dpo_betas:
-                run_dir = out / f"dpo-beta{beta:g}{folder}"
+            for beta, selection in itertools.product(args.dpo_betas, args.dpo_ranking_pairs):
+                named = "" if len(args.dpo_ranking_pairs) == 1 else f" pairs={selection}"
+                run_dir = out / f"dpo-beta{beta:g}{named.replace(' pairs=', '-')}{folder}"
                 extra = ["--config", str(recipes / "demo/dpo.yaml"), "--model_name_or_path", str(demo / "sft"),
                          "--dataset_name", str(demo / "data/reward"), "--output_dir", str(run_dir),
-                         "--beta", str(beta), "--seed", str(seed), "--save_strategy", "steps",
-                         "--save_total_limit", "1000", "--report_to", "none"]
+                         "--beta", str(beta), "--ranking_pairs", selection, "--seed", str(seed),
+                         "--save_strategy", "steps", "--save_total_limit", "1000", "--report_to", "none"]
+                if args.dpo_max_rankings is not None:
+                    extra += ["--max_train_samples", str(args.dpo_max_rankings)]
                 steps, pairs = dpo_schedule(recipes / "dpo.py", extra)
                 extra += ["--save_steps", str(max(1, steps // args.checkpoints))]
                 start = train_run(recipe_main(recipes / "dpo.py"), extra, run_dir, args.reuse_runs)
-                points += run_points(judge, "dpo", f"dpo beta={beta:g}{tag}", run_dir, start, pairs, beta=beta,
-                                     seed=seed)
-    if args.merge_results:
-        sft_point = judge.point(judge.sft_row, judge.sft_texts)
-        points = merge_points(args.merge_results, points, sft_point, args.methods)
+                points += run_points(judge, "dpo", f"dpo beta={beta:g}{named}{tag}", run_dir, start, pairs,
+                                     beta=beta, seed=seed)
+    points += kept  # the earlier result's other methods, after this run's
     points = [{k: p[k] for k in POINT_KEYS if k in p} for p in points]
     write_frontier(out, points, args.gold_thresholds)
     return points
