@@ -25,7 +25,7 @@ def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, s
         (demo / name).symlink_to(target)
     args = FrontierArguments(demo_dir=str(demo), recipes_dir=str(REPO / "recipes"), num_prompts=4, episodes=64,
                              checkpoints=1, best_of_n=[1, 2], grpo_betas=[0.1], rloo_betas=[0.1], batch_size=4,
-                             dpo_betas=[0.1], online_dpo_betas=[0.1], dpo_max_rankings=8)
+                             dpo_betas=[0.1], online_dpo_betas=[0.1], dpo_max_rankings=32)
     points = run_frontier(args)
 
     out = demo / "frontier"
@@ -45,8 +45,8 @@ def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, s
         assert p["kl"] == 0 and p["gold_win_rate"] == p["vader_win_rate"] == p["afinn_win_rate"] == 0.5
         assert p["gold_score"] == pytest.approx(bon[1]["gold_score"]) and p["mean_words"] == bon[1]["mean_words"]
     assert bon[2]["kl"] == pytest.approx(math.log(2) - 0.5) and bon[2]["episodes"] == 8
-    for p in trained:  # every sampling run spent the same budget, DPO its 8 rankings; all moved away from SFT
-        assert p["episodes"] == (8 * 3 if p["method"] == "dpo" else 64)  # best_vs_rest: 3 pairs per ranking of 4
+    for p in trained:  # every sampling run spent the same budget, DPO its 32 rankings; all moved away from SFT
+        assert p["episodes"] == (32 * 3 if p["method"] == "dpo" else 64)  # best_vs_rest: 3 pairs per ranking of 4
         assert p["kl"] != 0 and p["wall_s"] > 0 and p["seed"] == 42
 
     # A second run of one method keeps the other methods' points of the first (same SFT point) ...
