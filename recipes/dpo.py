@@ -18,11 +18,12 @@ from rlhf_recipes.data import load_stage_dataset
 from rlhf_recipes.dpo import EVAL_METRICS, DPOConfig, DPOTrainer
 from rlhf_recipes.host_memory import keep_freed_memory
 from rlhf_recipes.models import check_lengths, check_same_tokenizer, load_model, load_tokenizer, lora_config
-from rlhf_recipes.outputs import check_hub_token, resolve_resume_checkpoint, save_stage
+from rlhf_recipes.outputs import check_hub_token, prepare_output_dir, resolve_resume_checkpoint, save_stage
 
 
 def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> dict:
     check_hub_token(training_args)
+    prepare_output_dir(training_args, script_args)  # a finished stage is not trained over unasked
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
     remote = training_args.trust_remote_code
     tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,

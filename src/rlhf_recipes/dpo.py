@@ -51,16 +51,16 @@ class DPOConfig(trl.DPOConfig):
         default=None,
         metadata={
             "help": "The reference policy of the KL term (a folder or Hub id with the policy's tokenizer). Unset: the "
-            "model training starts from (with LoRA: that model with its adapter disabled, no second copy)."
+            "model training starts from (with LoRA: that model with its adapter disabled, no second copy).",
+            "role": "policy",
         },
     )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.ranking_pairs not in PAIR_SELECTIONS:
-            raise ValueError(f"ranking_pairs must be one of {list(PAIR_SELECTIONS)}, got {self.ranking_pairs!r}.")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0 (it scales the log-ratios to the reference), got {self.beta}.")
+        from .ranges import check_arguments
+
+        check_arguments(self)  # the declared ranges (`beta` > 0, `ranking_pairs`), also for a config built in code
 
 
 def _response_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
