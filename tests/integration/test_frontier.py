@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 from stage_runs import reward_model_dir
 
+from rlhf_recipes.config import ConfigError
 from rlhf_recipes.frontier import FrontierArguments, run_frontier, summary_lines, time_to
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -23,28 +24,42 @@ def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, s
     for name, target in (("sft", sft_dir), ("reward", rm), ("data", demo_dir / "data")):
         (demo / name).symlink_to(target)
     args = FrontierArguments(demo_dir=str(demo), recipes_dir=str(REPO / "recipes"), num_prompts=4, episodes=64,
-                             checkpoints=1, best_of_n=[1, 2], grpo_betas=[0.1], rloo_betas=[0.1], batch_size=4)
+                             checkpoints=1, best_of_n=[1, 2], grpo_betas=[0.1], rloo_betas=[0.1], batch_size=4,
+                             dpo_betas=[0.1], online_dpo_betas=[0.1], dpo_max_rankings=32)
     points = run_frontier(args)
 
     out = demo / "frontier"
     assert json.loads((out / "frontier.json").read_text()) == points
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "- ppo (demo recipe): final KL" in (out / "frontier.md").read_text()
-    assert {p["method"] for p in points} == {"ppo", "best_of_n", "grpo", "rloo"}
+    assert {p["method"] for p in points} == {"ppo", "best_of_n", "grpo", "rloo", "dpo", "online_dpo"}
     for p in points:
         assert KEYS <= set(p) and all(math.isfinite(p[k]) for k in KEYS - {"method", "run"})
 
     sft_points = [p for p in points if p["episodes"] == 0]
     trained = [p for p in points if p["method"] != "best_of_n" and p["episodes"] > 0]
     bon = {p["n"]: p for p in points if p["method"] == "best_of_n"}
-    assert len(sft_points) == 3 and len(trained) == 3  # one run per method, one checkpoint each
+    assert len(sft_points) == 5 and len(trained) == 5  # one run per method, one checkpoint each
     # Best-of-1 is the SFT policy's own sample (same prompts, same seed) as the baseline every point is judged by.
     for p in [bon[1], *sft_points]:
         assert p["kl"] == 0 and p["gold_win_rate"] == p["vader_win_rate"] == p["afinn_win_rate"] == 0.5
         assert p["gold_score"] == pytest.approx(bon[1]["gold_score"]) and p["mean_words"] == bon[1]["mean_words"]
     assert bon[2]["kl"] == pytest.approx(math.log(2) - 0.5) and bon[2]["episodes"] == 8
-    for p in trained:  # every training run spent the same budget and moved away from SFT
-        assert p["episodes"] == 64 and p["kl"] != 0 and p["wall_s"] > 0 and p["seed"] == 42
+    for p in trained:  # every sampling run spent the same budget, DPO its 32 rankings; all moved away from SFT
+        assert p["episodes"] == (32 * 3 if p["method"] == "dpo" else 64)  # best_vs_rest: 3 pairs per ranking of 4
+        assert p["kl"] != 0 and p["wall_s"] > 0 and p["seed"] == 42
+
+    # A second run of one method keeps the other methods' points of the first (same SFT point) ...
+    again = run_frontier(FrontierArguments(**{**vars(args), "methods": ["dpo"], "output_dir": str(tmp_path / "again"),
+                                              "merge_results": str(out / "frontier.json")}))
+    assert [p for p in again if p["method"] != "dpo"] == [p for p in points if p["method"] != "dpo"]
+    assert len([p for p in again if p["method"] == "dpo"]) == 2
+    # ... and refuses points measured against another SFT policy.
+    other = [{**p, "gold_score": p["gold_score"] + 0.1} for p in points]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match="another SFT policy"):
+        run_frontier(FrontierArguments(**{**vars(args), "methods": ["dpo"], "output_dir": str(tmp_path / "x"),
+                                          "merge_results": str(tmp_path / "other.json")}))
 
 
 def test_time_to_threshold_and_summary_compare_ppo_with_grpo_at_equal_kl():
