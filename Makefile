@@ -29,7 +29,7 @@ LAUNCH += --mixed_precision no
 PPO_ARGS ?= --auto_bf16 true
 endif
 
-.PHONY: install install-latest lock demo demo-results demo-avx2-results check-demo sft reward ppo grpo rloo best_of_n frontier pipeline eval plots push test test-all lint bench clean sample label chat push-labels iterate
+.PHONY: install install-latest lock demo demo-results demo-avx2-results demo-band check-demo mutation sft reward ppo grpo rloo best_of_n frontier pipeline eval plots push test test-all lint bench clean sample label chat push-labels iterate
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -83,7 +83,15 @@ demo-avx2-results:
 	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(MAKE) demo
 	cp $(DEMO_DIR)/summary.md results/demo-avx2.md
 
-# CI: run the demo and compare its numbers with the committed results (exact in the same environment).
+# The spread of the demo's numbers (results/demo-band.json and .md): the demo with each seed of BAND_SEEDS and seed 42
+# on AVX2 kernels, each in runs/demo-band/<variant>/ (reused when done). check-demo uses it in another environment.
+BAND_SEEDS ?= 42 43 44
+BAND_ARGS ?=
+demo-band: $(BIN)/rlhf-installed
+	$(BIN)/python tools/demo_band.py --seeds $(BAND_SEEDS) $(BAND_ARGS)
+
+# CI: run the demo and compare its numbers with the committed results: exact in the same environment, within the
+# measured band (results/demo-band.json) in another.
 check-demo: demo
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --check $(DEMO_RESULTS)
 
@@ -120,6 +128,11 @@ push-labels: $(BIN)/rlhf-installed
 # The test command CI runs: unit, integration and the 2-process DeepSpeed tests, offline.
 test: $(BIN)/rlhf-installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra --timeout 900 tests
+
+# Mutation testing of the core modules against their fast unit tests; score in benchmarks/results/mutation.md.
+# One file: make mutation ARGS="--only reward/losses".
+mutation: $(BIN)/rlhf-installed
+	$(BIN)/python tools/mutation.py $(ARGS)
 
 lint: $(BIN)/rlhf-installed
 	$(BIN)/ruff check src recipes tests benchmarks

@@ -72,33 +72,44 @@ def prepare(target: str) -> Path:
     return work
 
 
-def run_target(target: str, max_children: int) -> dict:
-    source, tests = TARGETS[target]
-    work = prepare(target)
+def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy, never the checkout
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    mutmut = [sys.executable, "-m", "mutmut"]
+    return env
+
+
+def run_target(target: str, max_children: int) -> dict:
+    work = prepare(target)
     start = time.time()
-    run = subprocess.run([*mutmut, "run", "--max-children", str(max_children)], cwd=work, env=env,
-                         capture_output=True, text=True)
-    wall = time.time() - start
+    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=work,
+                         env=_env(), capture_output=True, text=True)
     (work / "mutmut-run.log").write_text(run.stdout + run.stderr)
-    meta = work / "mutants" / f"{source}.meta"
-    if not meta.is_file():
+    if not (work / "mutants" / f"{TARGETS[target][0]}.meta").is_file():
         raise SystemExit(f"mutmut wrote no results for {target} (exit {run.returncode}); see {work}/mutmut-run.log:\n"
                          + (run.stdout + run.stderr)[-3000:])
+    return collect(target, time.time() - start, max_children)
+
+
+def collect(target: str, wall: float | None, max_children: int | None = None) -> dict:
+    """The verdicts mutmut recorded for `target` so far (a run stopped early leaves mutants "not checked")."""
+    source, tests = TARGETS[target]
+    work = SCRATCH / target.replace("/", "-")
+    meta = work / "mutants" / f"{source}.meta"
+    if not meta.is_file():
+        raise SystemExit(f"No mutmut results for {target} in {work}: run `python tools/mutation.py --only {target}`.")
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     counts: dict[str, int] = {}
     survivors = []
     for name, code in sorted(codes.items()):
         status = STATUS.get(code, "suspicious")
         counts[status] = counts.get(status, 0) + 1
-        if status in ("survived", "no tests", "suspicious", "not checked"):
-            diff = subprocess.run([*mutmut, "show", name], cwd=work, env=env, capture_output=True, text=True).stdout
+        if status in ("survived", "no tests", "suspicious"):
+            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, env=_env(),
+                                  capture_output=True, text=True).stdout
             survivors.append({"name": name, "status": status, "diff": _diff_lines(diff)})
     return {"target": target, "source": source, "tests": tests, "total": len(codes), "counts": counts,
-            "survivors": survivors, "wall_s": round(wall), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "max_children": max_children}
+            "survivors": survivors, "wall_s": None if wall is None else round(wall),
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "max_children": max_children}
 
 
 def _diff_lines(diff: str) -> list[str]:
@@ -121,25 +132,27 @@ def write_report(results: dict[str, dict]) -> Path:
     lines = ["# Mutation score of the core modules",
              "",
              "Written by `make mutation` (`python tools/mutation.py`): mutmut mutates one file at a time and runs only "
-             "that file's fast unit tests against each mutant. *killed* includes *timeout* (a mutant whose tests ran "
-             "past mutmut's time limit, e.g. an endless loop). Every survivor below is explained or marked "
-             "**unexplained**.",
+             "that file's fast unit tests against each mutant. The score counts *timeout* (a mutant whose tests ran "
+             "past mutmut's time limit, e.g. an endless loop) as killed, over the mutants checked; *not checked* are "
+             "those a run stopped early never reached. Every survivor below is explained or marked **unexplained**.",
              "",
              f"CPU: {_cpu()}.",
              "",
-             "| file | tests | killed | timeout | survived | no tests | total | score | wall |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| file | tests | killed | timeout | survived | no tests | not checked | total | score | wall |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for target in TARGETS:
         r = results.get(target)
         if r is None:
-            lines.append(f"| {TARGETS[target][0]} | {', '.join(TARGETS[target][1])} | not run | | | | | | |")
+            lines.append(f"| {TARGETS[target][0]} | {', '.join(TARGETS[target][1])} | not run | | | | | | | |")
             continue
         c = r["counts"]
         killed, timeout = c.get("killed", 0), c.get("timeout", 0)
         tested = r["total"] - c.get("no tests", 0) - c.get("skipped", 0) - c.get("not checked", 0)
         score = f"{100 * (killed + timeout) / tested:.1f}%" if tested else "-"
+        wall = "stopped early" if r["wall_s"] is None else f"{r['wall_s']} s"
         lines.append(f"| {r['source']} | {', '.join(r['tests'])} | {killed} | {timeout} | {c.get('survived', 0)} | "
-                     f"{c.get('no tests', 0)} | {r['total']} | {score} | {r['wall_s']} s ({r['when']}) |")
+                     f"{c.get('no tests', 0)} | {c.get('not checked', 0)} | {r['total']} | {score} | "
+                     f"{wall} ({r['when']}) |")
     for target in TARGETS:
         r = results.get(target)
         if not r or not r["survivors"]:
@@ -159,10 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(TARGETS), help="run this target only (repeatable)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="mutants tested in parallel")
     parser.add_argument("--report", action="store_true", help="rewrite the report from the stored results only")
+    parser.add_argument("--collect", action="store_true", help="record the --only targets' verdicts so far from "
+                        "their scratch folders (after a run was stopped early) without running mutmut")
     args = parser.parse_args(argv)
     store = RESULTS / "mutation.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
-    if not args.report:
+    if args.collect:
+        for target in args.only or []:
+            results[target] = collect(target, None)
+        store.write_text(json.dumps(results, indent=1) + "\n")
+    elif not args.report:
         for target in args.only or list(TARGETS):
             print(f"mutating {TARGETS[target][0]} against {', '.join(TARGETS[target][1])} ...", flush=True)
             results[target] = run_target(target, args.max_children)
