@@ -41,7 +41,14 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
 }
 
 # mutmut's name of a surviving mutant -> why no test kills it (equivalent, or deliberately not pinned).
-EXPLAINED: dict[str, str] = {}
+EXPLAINED: dict[str, str] = {
+    "rlhf_recipes.reward.losses.x_ranking_differences__mutmut_10":
+        "equivalent: `rewards` is [B, K] (every caller, and the docstring), so shape[1] is shape[-1].",
+    "rlhf_recipes.reward.losses.x_ranking_differences__mutmut_17":
+        "equivalent on CPU, where the unit tests run: the triangle is made on the default device. On a GPU the "
+        "CPU triangle & the CUDA mask raises at the first reward step (the GPU runs of the reward stage).",
+    "rlhf_recipes.reward.losses.x_ranking_differences__mutmut_21": "as mutmut_17 (device argument left out).",
+}
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
