@@ -84,14 +84,15 @@ def write_band(output: Path, band: dict, committed: Path, command: str) -> None:
              f"In the environment of {committed.name} `make check-demo` wants every number exactly; anywhere else each "
              f"must lie in *accepted*: the band widened by {BAND_MARGIN['width']:g} x its width on each side, plus "
              f"{BAND_MARGIN['rtol']:g} x the value and {BAND_MARGIN['atol']:g} (`BAND_MARGIN` in "
-             "rlhf_recipes/demo/summary.py).",
+             "rlhf_recipes/demo/summary.py); the counts the configuration fixes (`EXACT_NUMBERS`) must be equal.",
              "",
              "| number | committed | min | mean | max | accepted elsewhere |",
              "| --- | --- | --- | --- | --- | --- |"]
     for key, entry in band["numbers"].items():
-        low, high = accepted_range(entry)
-        lines.append(f"| {key} | {committed_numbers.get(key, '-')} | {entry['min']:.4g} | {entry['mean']:.4g} | "
-                     f"{entry['max']:.4g} | {low:.4g} .. {high:.4g} |")
+        low, high = accepted_range(entry, key=key)
+        committed_value = f"{committed_numbers[key]:g}" if key in committed_numbers else "-"
+        lines.append(f"| {key} | {committed_value} | {entry['min']:.6g} | {entry['mean']:.6g} | {entry['max']:.6g} | "
+                     f"{low:.6g} .. {high:.6g} |")
     output.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -107,13 +108,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="add an existing summary.md (e.g. from another machine) as a variant")
     parser.add_argument("--jobs", type=int, default=1, help="variants run at once (each is one process)")
     parser.add_argument("--rerun", action="store_true", help="run variants whose summary already exists again")
+    parser.add_argument("--finished_only", action="store_true",
+                        help="run nothing: the band of the variants already finished in WORK_DIR (and --summary)")
     args = parser.parse_args(argv)
     work = Path(args.work_dir).resolve()
     todo = variants(args.seeds, args.isa)
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {name: pool.submit(run_variant, work, name, seed, env, args.rerun)
-                   for name, (seed, env) in todo.items()}
-        summaries = {name: future.result().read_text() for name, future in futures.items()}
+    if args.finished_only:
+        done = {name: work / name / "runs/demo/summary.md" for name in todo}
+        for name in [name for name, path in done.items() if not path.is_file()]:
+            print(f"{name}: not finished in {work / name}, left out")
+        summaries = {name: path.read_text() for name, path in done.items() if path.is_file()}
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            futures = {name: pool.submit(run_variant, work, name, seed, env, args.rerun)
+                       for name, (seed, env) in todo.items()}
+            summaries = {name: future.result().read_text() for name, future in futures.items()}
     for item in args.summary:
         name, _, path = item.partition("=")
         summaries[name] = Path(path).read_text()

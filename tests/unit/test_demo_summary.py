@@ -57,19 +57,25 @@ def _elsewhere(text: str) -> str:
 
 def test_numbers_are_named_by_table_row_and_column(run_root):
     found = summary.numbers(summary.summarize(run_root))
-    assert found["Pipeline summary | ppo | final KL | value"] == 3.6
-    assert found["Held-out evaluation | ppo | win_rate_vs_first"] == 0.93
-    assert found["Held-out evaluation | sft | rm_score_mean"] == 0.1
+    assert found["Pipeline summary / ppo / final KL / value"] == 3.6
+    assert found["Held-out evaluation / ppo / win_rate_vs_first"] == 0.93
+    assert found["Held-out evaluation / sft / rm_score_mean"] == 0.1
     assert not any(key.startswith("Environment") for key in found)
+
+
+def test_counts_the_configuration_fixes_must_be_equal_elsewhere():
+    entry = {"min": 625152.0, "max": 625152.0, "mean": 625152.0, "values": {"a": 625152.0}}
+    assert summary.accepted_range(entry, key="Pipeline summary / base / parameters / value") == (625152.0, 625152.0)
+    assert summary.accepted_range(entry, key="Pipeline summary / ppo / final KL / value")[0] < 625152.0
 
 
 def test_the_band_spans_the_runs_and_accepts_its_margin(run_root):
     runs = {"seed1": _with(run_root, "ppo", "objective/kl", 3.0), "seed2": _with(run_root, "ppo", "objective/kl", 4.0),
             "avx2": _with(run_root, "ppo", "objective/kl", 3.5)}
     band = summary.measure_band(runs)
-    kl = band["numbers"]["Pipeline summary | ppo | final KL | value"]
+    kl = band["numbers"]["Pipeline summary / ppo / final KL / value"]
     assert (kl["min"], kl["max"], kl["mean"]) == (3.0, 4.0, 3.5) and kl["values"]["avx2"] == 3.5
-    assert band["numbers"]["Held-out evaluation | ppo | win_rate_vs_first"]["min"] == 0.93  # the same in every run
+    assert band["numbers"]["Held-out evaluation / ppo / win_rate_vs_first"]["min"] == 0.93  # the same in every run
     # widened by half the width on each side, plus 2% of the value and 0.002
     margin = summary.BAND_MARGIN
     pad = margin["width"] * 1.0 + margin["rtol"] * 4.0 + margin["atol"]
@@ -77,7 +83,7 @@ def test_the_band_spans_the_runs_and_accepts_its_margin(run_root):
 
 
 def test_another_environment_is_checked_against_the_measured_band(run_root):
-    band = {"numbers": {"Pipeline summary | ppo | final KL | value": {"min": 3.0, "max": 4.0, "mean": 3.5,
+    band = {"numbers": {"Pipeline summary / ppo / final KL / value": {"min": 3.0, "max": 4.0, "mean": 3.5,
                                                                      "values": {"a": 3.0, "b": 4.0}}}}
     committed = _with(run_root, "ppo", "objective/kl", 3.6)
     for key, value in summary.numbers(committed).items():  # every other number: a band of its committed value
@@ -86,17 +92,17 @@ def test_another_environment_is_checked_against_the_measured_band(run_root):
     assert summary.compare(inside, committed, band) == ([], False)
     outside = _elsewhere(_with(run_root, "ppo", "objective/kl", 4.7))
     problems, same = summary.compare(outside, committed, band)
-    assert not same and problems == ["Pipeline summary | ppo | final KL | value: 4.7 is outside the measured band "
+    assert not same and problems == ["Pipeline summary / ppo / final KL / value: 4.7 is outside the measured band "
                                      "3..4 (accepted 2.418..4.582; measured over 2 runs)"]
     _with(run_root, "ppo", "objective/kl", 3.6)
     low = _elsewhere(_with(run_root, "eval", "win_rate_vs_first", 0.8))  # a band of one value: 0.93 +- 2% + 0.002
     assert summary.compare(low, committed, band)[0] == [
-        "Held-out evaluation | ppo | win_rate_vs_first: 0.8 is outside the measured band 0.93..0.93 (accepted "
+        "Held-out evaluation / ppo / win_rate_vs_first: 0.8 is outside the measured band 0.93..0.93 (accepted "
         "0.9094..0.9506; measured over 1 runs)"]
-    del band["numbers"]["Pipeline summary | ppo | final KL | value"]
+    del band["numbers"]["Pipeline summary / ppo / final KL / value"]
     inside = _elsewhere(_with(run_root, "eval", "win_rate_vs_first", 0.93))
     assert summary.compare(inside, committed, band)[0] == [
-        "Pipeline summary | ppo | final KL | value: 3.6 has no measured band (run `make demo-band` to measure it)"]
+        "Pipeline summary / ppo / final KL / value: 3.6 has no measured band (run `make demo-band` to measure it)"]
     assert summary.compare(_elsewhere(committed).replace("| ppo | final KL |", "| ppo | a new row |"), committed,
                            band)[0]  # text cells: exact
     fewer = summary.summarize(run_root).replace("| sft | held-out loss after | 1.3 |\n", "")

@@ -78,6 +78,13 @@ def test_a_pair_with_a_missing_response_on_either_side_is_left_out():
     assert differences[pair_mask].tolist() == [2.0, -1.0, 1.0, -1.0, -2.0]  # r_i - r_j of each pair
 
 
+def test_a_ranking_left_with_one_response_is_refused_by_the_grouped_loss():
+    rewards = torch.tensor([[1.0, 0.0, 0.0], [2.0, 1.0, 0.0]])
+    mask = torch.tensor([[True, False, False], [True, True, True]])
+    with pytest.raises(ValueError, match="^every ranking needs at least two responses$"):
+        grouped_ranking_loss(rewards, mask)
+
+
 def test_ranking_of_one_is_refused():
     with pytest.raises(ValueError, match="at least two"):
         ranking_pairs(1)
