@@ -62,6 +62,9 @@ def _mutmut_section(source: str, tests: list[str]) -> str:
             f"pytest_add_cli_args_test_selection = [{quoted}]\n"
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
             'also_copy = ["recipes"]\n'
+            # mutmut's CPU-time limit per mutant is (test time + this) x 30: room for a fork that imports torch
+            # again, so that only a mutant that really hangs counts as "timeout" (a kill)
+            "timeout_constant = 30\n"
             # torch is not fork-safe after its thread pools start: fork every mutant from a clean server process
             'process_isolation = "forkserver"\n')
 
