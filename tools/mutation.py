@@ -48,6 +48,10 @@ EXPLAINED: dict[str, str] = {
         "equivalent on CPU, where the unit tests run: the triangle is made on the default device. On a GPU the "
         "CPU triangle & the CUDA mask raises at the first reward step (the GPU runs of the reward stage).",
     "rlhf_recipes.reward.losses.x_ranking_differences__mutmut_21": "as mutmut_17 (device argument left out).",
+    "rlhf_recipes.reward.losses.x_group_rewards__mutmut_20":
+        "as x_ranking_differences__mutmut_17: the mask on the default device is the same tensor on CPU; on a GPU the "
+        "first `&` with the CUDA triangle raises.",
+    "rlhf_recipes.reward.losses.x_group_rewards__mutmut_24": "as x_group_rewards__mutmut_20 (device argument left out).",
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
