@@ -42,11 +42,13 @@ EVAL_COLUMNS = ("policy", "rm_score_mean", "labeler_score", "win_rate_vs_first",
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "numpy")
 ENVIRONMENT_HEADING = "#### Environment"
 # In another environment (CPU, ISA, versions) the demo's numbers cannot repeat exactly: each must lie in the band that
-# `make demo-band` measured (the same demo with several training seeds and with torch's kernels forced to another
-# ISA), widened on each side by `width` times the band's own width, plus `rtol` of the value and `atol` (the
-# summaries round to 4 significant digits, and a band of one value would otherwise accept nothing else). A few
-# variants underestimate the spread; the margin covers that without accepting a broken run.
-BAND_MARGIN = {"width": 0.5, "rtol": 0.02, "atol": 0.002}
+# `make demo-band` measured (the same demo with several training seeds and with torch's kernels forced to AVX2, which
+# also runs PPO in fp32 as a CPU without AMX does), widened on each side by `width` times the band's own width, plus
+# `rtol` of the value and `atol` (win rates on 128-256 prompts move by a few hundredths from sampling alone). Chosen by
+# leaving each variant out: the AVX2 run checked against the band of the other two (seeds 42 and 43) then fails on 1
+# number of 51 (mean words on unseen openings, 10.09 vs 8.50..8.74), and half this margin failed on 4; a few runs
+# underestimate the spread, so add seeds (`BAND_SEEDS`) rather than widen this.
+BAND_MARGIN = {"width": 1.0, "rtol": 0.05, "atol": 0.02}
 BAND_FILE = "demo-band.json"  # beside the committed results file
 # Counts the configuration fixes, not measurements: equal everywhere.
 EXACT_NUMBERS = ("Pipeline summary / base / parameters / value", "Pipeline summary / base / pretraining steps / value")
