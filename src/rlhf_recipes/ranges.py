@@ -133,6 +133,9 @@ INHERITED_RANGES: dict[str, Any] = {
     "f_alpha_divergence_coef": "(0, inf)",
     "label_smoothing": "[0, 0.5)",  # robust DPO: the probability that a label is flipped
     "discopop_tau": "(0, inf)",
+    # trl.experimental OnlineDPOConfig (recipes/online_dpo.py)
+    "OnlineDPOConfig.missing_eos_penalty": "[0, inf)",  # subtracted from the score of a response without EOS
+    "OnlineDPOConfig.max_new_tokens": "[1, inf)",
     # Sampling settings shared by TRL's online configs and ours.
     "temperature": "(0, inf)",
     "top_p": "(0, 1]",

@@ -17,7 +17,30 @@ KEYS = {"method", "run", "kl", "proxy_reward", "gold_win_rate", "gold_score", "v
         "distinct_2", "mean_words", "episodes", "wall_s"}
 
 
-def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, sft_dir, tmp_path):
+def judged_texts(monkeypatch) -> list[tuple[list[str], list[str], dict]]:
+    """(prompts, texts, point) of every point the frontier judges, with the texts it judged."""
+    from rlhf_recipes.frontier import Judge
+
+    seen, point = [], Judge.point
+
+    def recording(self, row, texts, **extra):
+        result = point(self, row, texts, **extra)
+        seen.append((list(self.prompts), list(texts), result))
+        return result
+
+    monkeypatch.setattr(Judge, "point", recording)
+    return seen
+
+
+def share_of_wins(scores: list[float], baseline: list[float]) -> float:
+    return sum(1.0 if s > b else 0.5 if s == b else 0.0 for s, b in zip(scores, baseline)) / len(scores)
+
+
+def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, sft_dir, tmp_path, monkeypatch):
+    from rlhf_recipes.demo.judges import judge_scores
+    from rlhf_recipes.demo.labeler import labeler_breakdown
+
+    seen = judged_texts(monkeypatch)
     demo = tmp_path / "demo"
     demo.mkdir()
     rm = reward_model_dir(sft_dir, tmp_path)  # the session's random-head reward model
@@ -60,6 +83,22 @@ def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, s
     with pytest.raises(ConfigError, match="another SFT policy"):
         run_frontier(FrontierArguments(**{**vars(args), "methods": ["dpo"], "output_dir": str(tmp_path / "x"),
                                           "merge_results": str(tmp_path / "other.json")}))
+
+    # Every judged number, recomputed from the texts the point was judged on against SFT's texts (the point judged
+    # at episode 0), by the labeler and the judges directly.
+    (prompts, sft_texts, _), *_ = [entry for entry in seen if entry[2]["episodes"] == 0]
+    sft_gold = [labeler_breakdown(p, t)["total"] for p, t in zip(prompts, sft_texts)]
+    recomputed = []
+    for point_prompts, texts, p in seen:
+        assert point_prompts == prompts and len(texts) == 4
+        gold = [labeler_breakdown(q, t)["total"] for q, t in zip(prompts, texts)]
+        assert p["gold_score"] == pytest.approx(sum(gold) / len(gold))
+        wins = {"gold": share_of_wins(gold, sft_gold),
+                **{name: share_of_wins(judge_scores(name, texts), judge_scores(name, sft_texts))
+                   for name in ("vader", "afinn")}}
+        assert {name: p[f"{name}_win_rate"] for name in wins} == wins
+        recomputed += wins.values()
+    assert len(seen) == len(points) and set(recomputed) != {0.5}, "some point must differ from SFT to be checked"
 
 
 def test_time_to_threshold_and_summary_compare_ppo_with_grpo_at_equal_kl():

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, run_recipe
+from recipe_runner import record_steps
 from safetensors.torch import load_file
+from transformers.trainer_callback import CallbackHandler
 
 from rlhf_recipes.checkpoints import CheckpointError, checkpoint_problems, latest_checkpoint
 
@@ -35,6 +37,16 @@ def stage_args(stage: str, demo_dir: Path, sft_dir: Path | None, out: Path) -> l
             "--dataset_name", str(demo_dir / "data/reward"), "--normalization_dataset", str(demo_dir / "data/sft"),
             "--normalization_samples", "16", "--max_train_samples", "64", "--per_device_train_batch_size", "8",
             *common]
+
+
+def resume_and_record_steps(args: list[str], out: Path, tmp_path: Path) -> tuple[int, list[int]]:
+    """Resume the run in `out` from its latest checkpoint in a subprocess: (that checkpoint's step, the steps the
+    resumed process ran)."""
+    start = int(Path(latest_checkpoint(out)).name.split("-")[1])
+    steps_file = tmp_path / "steps.txt"
+    resumed = run([*args, "--resume_from_checkpoint", "latest"], prefix=["--record-steps", str(steps_file)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return start, [int(line) for line in steps_file.read_text().split()]
 
 
 def run(args: list[str], prefix: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -92,8 +104,10 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(stage, demo_d
     killed = tmp_path / "killed"
     run_and_kill_after(stage_args(stage, demo_dir, sft_dir, killed), killed / "checkpoint-3")
     assert not (killed / "model.safetensors").exists(), "the killed run must not have finished"
-    resumed = run([*stage_args(stage, demo_dir, sft_dir, killed), "--resume_from_checkpoint", "latest"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    start, steps = resume_and_record_steps(stage_args(stage, demo_dir, sft_dir, killed), killed, tmp_path)
+    # The resumed process ran only the steps after its checkpoint; a restart from step 0 reaches the same seeded
+    # weights, but redoes them.
+    assert start >= 3 and steps == list(range(start + 1, 10))
     assert_same_run(reference, killed)
 
 
@@ -107,8 +121,8 @@ def test_sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint_usable(d
     # The half-written save is in its staging folder; the newest complete checkpoint is still checkpoint-3.
     assert (killed / "tmp-checkpoint-6").is_dir() and not (killed / "checkpoint-6").exists()
     assert (killed / "checkpoint-3" / "optimizer.pt").is_file()
-    resumed = run([*stage_args("sft", demo_dir, None, killed), "--resume_from_checkpoint", "latest"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    start, steps = resume_and_record_steps(stage_args("sft", demo_dir, None, killed), killed, tmp_path)
+    assert (start, steps) == (3, [4, 5, 6, 7, 8, 9])  # from checkpoint-3, not from step 0
     assert not (killed / "tmp-checkpoint-6").exists(), "a later save of the same step replaces the staging folder"
     assert_same_run(reference, killed)
 
@@ -131,7 +145,12 @@ def test_sigterm_mid_step_saves_that_step_exits_143_and_resumes_to_the_uninterru
 
     # The resume in this process (one thread, as the subprocesses): it saves a process start.
     recipe, *args = stage_args("sft", demo_dir, None, stopped)
-    run_recipe(recipe, [*args, "--resume_from_checkpoint", "latest"])
+    steps = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CallbackHandler, "on_step_end", CallbackHandler.on_step_end)  # undone after the resume
+        record_steps(steps)
+        run_recipe(recipe, [*args, "--resume_from_checkpoint", "latest"])
+    assert steps == [5, 6, 7, 8, 9]  # steps 1-4 are not redone
     assert_same_run(reference, stopped)
 
 

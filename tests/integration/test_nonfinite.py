@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 from conftest import run_recipe
+from recipe_runner import record_steps
 from stage_runs import sft_args
+from transformers.trainer_callback import CallbackHandler
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig
 from trl import SFTTrainer as TrlSFTTrainer
@@ -81,7 +83,13 @@ def test_resume_from_the_kept_checkpoint_finishes(demo_dir, tmp_path, monkeypatc
         with pytest.raises(NonFiniteError):
             run_recipe("sft", args)
 
-    metrics = run_recipe("sft", [*args, "--resume_from_checkpoint", "latest"])
+    steps = []
+    with monkeypatch.context() as patch:
+        patch.setattr(CallbackHandler, "on_step_end", CallbackHandler.on_step_end)  # undone after the resume
+        record_steps(steps)
+        metrics = run_recipe("sft", [*args, "--resume_from_checkpoint", "latest"])
+
+    assert steps == [3, 4]  # from checkpoint-2: steps 1-2 are not redone
 
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["eval_loss_after"])
     assert (out / "model.safetensors").is_file() and (out / "checkpoint-4").is_dir()

@@ -134,8 +134,14 @@ def test_best_of_n_recipe_writes_chosen_responses_and_metrics(demo_dir, sft_dir,
                                        "--num_prompts", "5", "--response_length", "8"])
     rows = [json.loads(line) for line in (tmp_path / "best_of_n.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and all(r["score"] == max(r["candidate_scores"]) for r in rows)
-    assert all(isinstance(r["labeler_score"], float) for r in rows)
+    # The labeler's score of each written prompt and chosen response, recomputed here, and their mean.
+    from rlhf_recipes.demo.labeler import labeler_breakdown
+
+    labeled = [labeler_breakdown(r["prompt"], r["response"])["total"] for r in rows]
+    assert [r["labeler_score"] for r in rows] == pytest.approx(labeled, abs=1e-9)
+    assert len(set(labeled)) > 1, "responses the labeler scores alike cannot show a wrong score"
     saved = json.loads((tmp_path / "best_of_n_metrics.json").read_text())
+    assert saved["labeler_score"] == pytest.approx(sum(labeled) / len(labeled))
     assert saved == pytest.approx(metrics) and saved["kl"] == pytest.approx(math.log(4) - 0.75)
     assert saved["episodes"] == 20 and saved["rm_score_mean"] == pytest.approx(sum(r["score"] for r in rows) / 5)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -60,23 +59,40 @@ def test_sample_writes_k_distinct_answers_and_resumes_after_a_damaged_row(demo_d
     assert Path(f"{output}.damaged").read_text().count(first[5]["id"]) == 1
 
 
-def test_sample_scores_with_the_reward_model(demo_dir, reward_head_dir, tmp_path):
-    """A reward model (here a fresh head on the base model, bias 0) scores each answer at its EOS."""
+def test_sample_scores_with_the_reward_model(demo_dir, tmp_path, monkeypatch):
+    """Each written rm_score is the reward model's score of that very answer, recomputed here one unpadded sequence
+    at a time with the model's own forward (a fresh seeded head on the base model, saved, bias 0)."""
     import torch
-    from trl import ModelConfig
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhf_recipes.feedback.sampling import score_answers
-    from rlhf_recipes.models import load_model, load_tokenizer
+    import rlhf_recipes.feedback.sampling as sampling
 
-    output = tmp_path / "samples.jsonl"
-    sample(demo_dir, output, "--max_prompts", "2", "--reward_model_path", str(reward_head_dir))
-    assert all(len(r["rm_scores"]) == 4 and all(map(math.isfinite, r["rm_scores"])) for r in rows(output))
-    tokenizer = load_tokenizer(str(demo_dir / "base"), padding_side="left")
     torch.manual_seed(0)
-    rm = load_model(ModelConfig(model_name_or_path=str(reward_head_dir)), tokenizer, kind="reward").eval()
-    row = rows(output)[0]
-    answers = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in row["responses"]]
-    batched = score_answers(rm, tokenizer, row["prompt"], answers)
-    single = [score_answers(rm, tokenizer, row["prompt"], [a])[0] for a in answers]
-    assert batched == pytest.approx(single, abs=1e-3)  # padding does not change a score
-    assert len(set(batched)) == len(batched)
+    rm_path = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(demo_dir / "base", num_labels=1).save_pretrained(rm_path)
+    AutoTokenizer.from_pretrained(demo_dir / "base").save_pretrained(rm_path)
+    # The answers' token ids as sampled (their decoded text loses the EOS), to rescore exactly what was scored.
+    drawn: dict[str, list[list[int]]] = {}
+    sample_distinct = sampling.sample_distinct
+
+    def recording(model, tokenizer, prompts, **kwargs):
+        answers = sample_distinct(model, tokenizer, prompts, **kwargs)
+        drawn.update({p: a for p, a in zip(prompts, answers)})
+        return answers
+
+    monkeypatch.setattr(sampling, "sample_distinct", recording)
+    output = tmp_path / "samples.jsonl"
+    sample(demo_dir, output, "--max_prompts", "2", "--reward_model_path", str(rm_path))
+
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(rm_path)
+    written = rows(output)
+    assert len(written) == 2
+    for row in written:
+        answers = drawn[row["prompt"]]
+        assert [tokenizer.decode(a, skip_special_tokens=True) for a in answers] == row["responses"]
+        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            expected = [rm(input_ids=torch.tensor([prompt + a])).logits[0, 0].item() for a in answers]
+        assert len(row["rm_scores"]) == 4 and len({round(e, 3) for e in expected}) == 4  # order matters
+        assert row["rm_scores"] == pytest.approx(expected, abs=2e-4)

@@ -51,20 +51,74 @@ def test_same_environment_must_match_exactly(run_root):
                                  "0.9297 now, 0.93 committed"]
 
 
-def test_another_environment_gets_the_measured_tolerance(run_root):
-    committed = summary.summarize(run_root)
-    other = committed.replace("| OMP_NUM_THREADS |", "| OMP_NUM_THREADS | 2 |\n| was |")
-    tol = summary.CROSS_ENVIRONMENT_TOLERANCE
-    within = 3.6 * (1 + tol["rtol"]) + tol["atol"] * 0.9
-    beyond = 3.6 * (1 + tol["rtol"]) + tol["atol"] * 1.1
-    near = _with(run_root, "ppo", "objective/kl", within).replace("| OMP_NUM_THREADS |", "| OMP_NUM_THREADS | 2 |\n| was |")
-    assert summary.compare(near, committed) == ([], False)
-    far = _with(run_root, "ppo", "objective/kl", beyond).replace("| OMP_NUM_THREADS |", "| OMP_NUM_THREADS | 2 |\n| was |")
-    problems, same = summary.compare(far, committed)
-    assert not same and len(problems) == 1 and "final KL" in problems[0]
-    assert summary.compare(other.replace("| ppo | final KL |", "| ppo | a new row |"), committed)[0]  # text: exact
+def _elsewhere(text: str) -> str:
+    return text.replace("| OMP_NUM_THREADS |", "| OMP_NUM_THREADS | 2 |\n| was |")
+
+
+def test_numbers_are_named_by_table_row_and_column(run_root):
+    found = summary.numbers(summary.summarize(run_root))
+    assert found["Pipeline summary / ppo / final KL / value"] == 3.6
+    assert found["Held-out evaluation / ppo / win_rate_vs_first"] == 0.93
+    assert found["Held-out evaluation / sft / rm_score_mean"] == 0.1
+    assert not any(key.startswith("Environment") for key in found)
+
+
+def test_counts_the_configuration_fixes_must_be_equal_elsewhere():
+    entry = {"min": 625152.0, "max": 625152.0, "mean": 625152.0, "values": {"a": 625152.0}}
+    assert summary.accepted_range(entry, key="Pipeline summary / base / parameters / value") == (625152.0, 625152.0)
+    assert summary.accepted_range(entry, key="Pipeline summary / ppo / final KL / value")[0] < 625152.0
+
+
+def test_the_band_spans_the_runs_and_accepts_its_margin(run_root):
+    runs = {"seed1": _with(run_root, "ppo", "objective/kl", 3.0), "seed2": _with(run_root, "ppo", "objective/kl", 4.0),
+            "avx2": _with(run_root, "ppo", "objective/kl", 3.5)}
+    band = summary.measure_band(runs)
+    kl = band["numbers"]["Pipeline summary / ppo / final KL / value"]
+    assert (kl["min"], kl["max"], kl["mean"]) == (3.0, 4.0, 3.5) and kl["values"]["avx2"] == 3.5
+    assert band["numbers"]["Held-out evaluation / ppo / win_rate_vs_first"]["min"] == 0.93  # the same in every run
+    # widened on each side by the band's width, plus 5% of the value and 0.02
+    margin = summary.BAND_MARGIN
+    pad = margin["width"] * 1.0 + margin["rtol"] * 4.0 + margin["atol"]
+    assert summary.accepted_range(kl) == pytest.approx((3.0 - pad, 4.0 + pad))
+
+
+def test_another_environment_is_checked_against_the_measured_band(run_root):
+    band = {"numbers": {"Pipeline summary / ppo / final KL / value": {"min": 3.0, "max": 4.0, "mean": 3.5,
+                                                                     "values": {"a": 3.0, "b": 4.0}}}}
+    committed = _with(run_root, "ppo", "objective/kl", 3.6)
+    for key, value in summary.numbers(committed).items():  # every other number: a band of its committed value
+        band["numbers"].setdefault(key, {"min": value, "max": value, "mean": value, "values": {"a": value}})
+    inside = _elsewhere(_with(run_root, "ppo", "objective/kl", 5.0))  # above the band, inside its margin
+    assert summary.compare(inside, committed, band) == ([], False)
+    outside = _elsewhere(_with(run_root, "ppo", "objective/kl", 5.5))
+    problems, same = summary.compare(outside, committed, band)
+    assert not same and problems == ["Pipeline summary / ppo / final KL / value: 5.5 is outside the measured band "
+                                     "3..4 (accepted 1.78..5.22; measured over 2 runs)"]
+    _with(run_root, "ppo", "objective/kl", 3.6)
+    low = _elsewhere(_with(run_root, "eval", "win_rate_vs_first", 0.8))  # a band of one value: 0.93 +- 5% + 0.02
+    assert summary.compare(low, committed, band)[0] == [
+        "Held-out evaluation / ppo / win_rate_vs_first: 0.8 is outside the measured band 0.93..0.93 (accepted "
+        "0.8635..0.9965; measured over 1 runs)"]
+    del band["numbers"]["Pipeline summary / ppo / final KL / value"]
+    inside = _elsewhere(_with(run_root, "eval", "win_rate_vs_first", 0.93))
+    assert summary.compare(inside, committed, band)[0] == [
+        "Pipeline summary / ppo / final KL / value: 3.6 has no measured band (run `make demo-band` to measure it)"]
+    assert summary.compare(_elsewhere(committed).replace("| ppo | final KL |", "| ppo | a new row |"), committed,
+                           band)[0]  # text cells: exact
     fewer = summary.summarize(run_root).replace("| sft | held-out loss after | 1.3 |\n", "")
     assert summary.compare(fewer, committed)[0] == ["#### Pipeline summary: 5 rows now, 6 committed"]  # + header
+    with pytest.raises(ValueError, match="no measured band"):
+        summary.compare(inside, committed)
+
+
+def test_check_in_another_environment_needs_the_band_file(run_root, tmp_path, capsys):
+    committed = tmp_path / "demo.md"
+    committed.write_text(_elsewhere(summary.summarize(run_root)))
+    assert summary.main([str(run_root), "--check", str(committed)]) == 2
+    assert f"No measured band at {tmp_path / 'demo-band.json'}" in capsys.readouterr().err
+    (tmp_path / "demo-band.json").write_text(json.dumps(summary.measure_band({"x": summary.summarize(run_root)})))
+    assert summary.main([str(run_root), "--check", str(committed)]) == 0
+    assert "against the band measured in" in capsys.readouterr().out
 
 
 def test_readme_gets_the_file_between_its_markers(tmp_path):

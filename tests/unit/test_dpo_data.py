@@ -83,7 +83,7 @@ def test_encode_preference_is_the_prompt_alone_then_each_response_with_one_eos()
 
 
 def test_dpo_config_refuses_an_unknown_pair_selection_and_a_non_positive_beta(tmp_path):
-    with pytest.raises(ValueError, match="ranking_pairs must be one of"):
+    with pytest.raises(ValueError, match="`ranking_pairs` = 'pairs' must be one of"):
         DPOConfig(output_dir=str(tmp_path), ranking_pairs="pairs", bf16=False, activation_checkpointing=False)
-    with pytest.raises(ValueError, match="beta must be > 0"):
+    with pytest.raises(ValueError, match=r"`beta` = 0.0 is out of range"):
         DPOConfig(output_dir=str(tmp_path), beta=0.0, bf16=False, activation_checkpointing=False)

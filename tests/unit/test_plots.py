@@ -68,9 +68,36 @@ def _sft_history(with_accuracy: bool = False) -> list[dict]:
     return history
 
 
-def test_ppo_run(tmp_path):
+def drawn_figures(monkeypatch) -> dict:
+    """File name -> the Figure saved under it, to read back what each plot drew."""
+    import rlhf_recipes.plots as plots
+
+    figures, save = {}, plots._save
+
+    def keep(fig, path):
+        figures[Path(path).name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def lines_of(fig) -> dict[str, tuple[list[float], list[float]]]:
+    """Legend label -> (x, y) of every line on the figure's first axes."""
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].get_lines()}
+
+
+def expected(history: list[dict], key: str, x_key: str) -> tuple[list[float], list[float]]:
+    """The (x, y) points a plot of `key` must draw, read straight from the log."""
+    rows = [e for e in history if key in e and x_key in e and math.isfinite(e[key])]
+    return [float(e[x_key]) for e in rows], [float(e[key]) for e in rows]
+
+
+def test_ppo_run(tmp_path, monkeypatch):
     run = tmp_path / "ppo_run"
-    _write_state(run, _ppo_history())
+    history = _ppo_history()
+    _write_state(run, history)
+    figures = drawn_figures(monkeypatch)
     written = plot_run(run)
     names = sorted(p.name for p in written)
     assert names == sorted(
@@ -86,6 +113,19 @@ def test_ppo_run(tmp_path):
     for path in written:
         assert path.parent == run
         assert _is_png(path), path
+    # Each plot draws its own series, against the episode.
+    ep = "episode"
+    assert lines_of(figures["ppo_reward.png"]) == {
+        "rlhf_reward (score - KL penalty)": expected(history, "objective/rlhf_reward", ep),
+        "scores (reward model)": expected(history, "objective/scores", ep)}
+    for name, key in (("ppo_kl.png", "objective/kl"), ("ppo_kl_coef.png", "objective/kl_coef"),
+                      ("ppo_entropy.png", "objective/entropy"), ("ppo_value_loss.png", "loss/value_avg")):
+        assert list(lines_of(figures[name]).values()) == [expected(history, key, ep)], name
+        assert len(expected(history, key, ep)[0]) == 12
+    (scatter,) = figures["ppo_reward_vs_kl.png"].axes[0].collections
+    kls, scores = expected(history, "objective/kl", ep)[1], expected(history, "objective/scores", ep)[1]
+    assert scatter.get_offsets().tolist() == [[k, s] for k, s in zip(kls, scores)]
+    assert scatter.get_array().tolist() == expected(history, "objective/kl", ep)[0]  # coloured by episode
 
 
 def test_ppo_run_missing_keys_are_skipped(tmp_path):
@@ -99,28 +139,39 @@ def test_ppo_run_missing_keys_are_skipped(tmp_path):
     assert names == {"ppo_reward.png", "ppo_kl.png", "ppo_entropy.png", "ppo_reward_vs_kl.png"}
 
 
-def test_ppo_run_without_episode_falls_back_to_step(tmp_path):
+def test_ppo_run_without_episode_falls_back_to_step(tmp_path, monkeypatch):
     history = _ppo_history(n=4)
     for entry in history:
         entry.pop("episode", None)
     run = tmp_path / "ppo_noepisode"
     _write_state(run, history)
+    figures = drawn_figures(monkeypatch)
     assert "ppo_reward_vs_kl.png" in {p.name for p in plot_run(run)}
+    assert list(lines_of(figures["ppo_kl.png"]).values()) == [expected(history[:4], "objective/kl", "step")]
+    assert figures["ppo_kl.png"].axes[0].get_xlabel() == "step"
 
 
-def test_sft_run(tmp_path):
+def test_sft_run(tmp_path, monkeypatch):
     run = tmp_path / "sft_run"
-    _write_state(run, _sft_history())
+    history = _sft_history()
+    _write_state(run, history)
+    figures = drawn_figures(monkeypatch)
     written = plot_run(run)
     assert [p.name for p in written] == ["loss.png"]  # no accuracy logged -> no accuracy.png
     assert _is_png(written[0])
+    assert lines_of(figures["loss.png"]) == {"train loss": expected(history, "loss", "step"),
+                                             "eval loss": expected(history, "eval_loss", "step")}
+    assert [len(xs) for xs, _ in lines_of(figures["loss.png"]).values()] == [10, 2]
 
 
-def test_reward_run_with_accuracy_and_out_dir(tmp_path):
+def test_reward_run_with_accuracy_and_out_dir(tmp_path, monkeypatch):
     run = tmp_path / "rm_run"
-    _write_state(run, _sft_history(with_accuracy=True))
+    history = _sft_history(with_accuracy=True)
+    _write_state(run, history)
     out = tmp_path / "plots" / "rm"
+    figures = drawn_figures(monkeypatch)
     written = plot_run(run, out_dir=out)
+    assert lines_of(figures["accuracy.png"]) == {"eval accuracy": expected(history, "eval_accuracy", "step")}
     assert sorted(p.name for p in written) == ["accuracy.png", "loss.png"]
     assert all(p.parent == out and _is_png(p) for p in written)
     assert not list(run.glob("*.png"))

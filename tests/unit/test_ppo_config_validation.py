@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import REPO, run_recipe
 from gpt2_like import save_gpt2_like
 
@@ -68,9 +69,13 @@ def test_auto_bf16_follows_the_cpus_amx_flag_and_bad_backends_are_refused(tmp_pa
     assert ppo_config.cpu_has_amx_bf16(amx) and not ppo_config.cpu_has_amx_bf16(plain)
     assert not ppo_config.cpu_has_amx_bf16(tmp_path / "missing")
     monkeypatch.setattr(ppo_config, "_accelerator_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     for has_amx in (True, False):
         monkeypatch.setattr(ppo_config, "cpu_has_amx_bf16", lambda has_amx=has_amx: has_amx)
         args = PPOConfig(output_dir=str(tmp_path), auto_bf16=True, report_to="none")
         assert args.bf16 is has_amx and args.use_cpu is has_amx  # bf16 on a CPU needs use_cpu
+    # AMX tiles, but torch's kernels forced to AVX2 (ATEN_CPU_CAPABILITY=avx2): its bf16 attention would fail
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not PPOConfig(output_dir=str(tmp_path), auto_bf16=True, report_to="none").bf16
     with pytest.raises(ValueError, match="`generation_backend` = 'vllm' must be one of"):
         PPOConfig(output_dir=str(tmp_path), generation_backend="vllm", report_to="none")

@@ -69,6 +69,22 @@ def test_ranking_of_k_gives_k_choose_2_pairs(k):
     assert expanded[0] == ("r0", "r1") and expanded[-1] == (f"r{k - 2}", f"r{k - 1}")
 
 
+def test_a_pair_with_a_missing_response_on_either_side_is_left_out():
+    """The mask is checked for both responses of a pair, wherever the missing one sits (not only trailing padding)."""
+    rewards = torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0], [1.0, 0.0, 2.0]])
+    mask = torch.tensor([[True, False, True], [False, True, True], [True, True, True]])
+    differences, pair_mask = ranking_differences(rewards, mask)
+    assert pair_mask.nonzero().tolist() == [[0, 0, 2], [1, 1, 2], [2, 0, 1], [2, 0, 2], [2, 1, 2]]
+    assert differences[pair_mask].tolist() == [2.0, -1.0, 1.0, -1.0, -2.0]  # r_i - r_j of each pair
+
+
+def test_a_ranking_left_with_one_response_is_refused_by_the_grouped_loss():
+    rewards = torch.tensor([[1.0, 0.0, 0.0], [2.0, 1.0, 0.0]])
+    mask = torch.tensor([[True, False, False], [True, True, True]])
+    with pytest.raises(ValueError, match="^every ranking needs at least two responses$"):
+        grouped_ranking_loss(rewards, mask)
+
+
 def test_ranking_of_one_is_refused():
     with pytest.raises(ValueError, match="at least two"):
         ranking_pairs(1)

@@ -30,6 +30,13 @@ def cpu_has_amx_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
         return False
 
 
+def cpu_kernels_avx512() -> bool:
+    """True when torch's CPU kernels run with AVX512, which its bf16 kernels need to use AMX tiles: with the kernels
+    forced to AVX2 (ATEN_CPU_CAPABILITY=avx2) bf16 attention fails ("pack_vnni2 is only supported when avx512 is
+    supported"), so bf16 autocast stays off there even on an AMX CPU."""
+    return torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512")
+
+
 def _accelerator_available() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or \
         torch.backends.mps.is_available()
@@ -151,7 +158,7 @@ class PPOConfig(HubPushArguments, TrainingArguments):
         if self.auto_bf16 and not self.fp16:
             accelerator = _accelerator_available() and not self.use_cpu
             self.bf16 = torch.cuda.is_bf16_supported() if accelerator and torch.cuda.is_available() else (
-                not accelerator and cpu_has_amx_bf16())
+                not accelerator and cpu_has_amx_bf16() and cpu_kernels_avx512())
         if self.bf16 and not self.use_cpu and not _accelerator_available():
             self.use_cpu = True  # bf16 autocast on the CPU (TrainingArguments refuses bf16 without a GPU otherwise)
         super().__post_init__()

@@ -1,0 +1,217 @@
+"""Mutation testing of the core modules against their fast unit tests: `make mutation`.
+
+    python tools/mutation.py                          # every target below
+    python tools/mutation.py --only reward/losses     # one target (repeat --only for several)
+    python tools/mutation.py --report                 # rewrite the results file from the last runs only
+
+For each target, a scratch copy of the repository (runs/mutation/<target>/: src, tests, recipes, pyproject.toml with
+a [tool.mutmut] section) runs `mutmut run` with only that file mutated and only its unit tests selected, so one
+target costs its own tests times its mutants and nothing else. mutmut runs each mutant only against the tests that
+reach the mutated function, and counts a test run past its time limit as a kill ("timeout").
+
+The score of every target run so far is kept in benchmarks/results/mutation.json and written, with each surviving
+mutant's diff, to benchmarks/results/mutation.md. A survivor is either killed by a new test, or explained in
+EXPLAINED below (an equivalent mutant, or a change the tests deliberately do not pin); the report marks any other
+survivor "unexplained".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SCRATCH = REPO / "runs" / "mutation"
+
+# target -> (the file mutated, the fast unit tests it is checked against)
+TARGETS: dict[str, tuple[str, list[str]]] = {
+    "ppo/core": ("src/rlhf_recipes/ppo/core.py", ["tests/unit/test_ppo_core.py"]),
+    "reward/losses": ("src/rlhf_recipes/reward/losses.py", ["tests/unit/test_reward_losses.py"]),
+    "feedback/store": ("src/rlhf_recipes/feedback/store.py", ["tests/unit/test_label_store.py"]),
+    "checkpoints": ("src/rlhf_recipes/checkpoints.py", ["tests/unit/test_reliability.py"]),
+    "data/reading": ("src/rlhf_recipes/data/reading.py", ["tests/unit/test_data.py"]),
+}
+
+# mutmut's name of a surviving mutant -> why no test kills it (equivalent, or deliberately not pinned).
+EXPLAINED: dict[str, str] = {
+    "rlhf_recipes.reward.losses.x_ranking_differences__mutmut_10":
+        "equivalent: `rewards` is [B, K] (every caller, and the docstring), so shape[1] is shape[-1].",
+    "rlhf_recipes.reward.losses.x_ranking_differences__mutmut_17":
+        "equivalent on CPU, where the unit tests run: the triangle is made on the default device. On a GPU the "
+        "CPU triangle & the CUDA mask raises at the first reward step (the GPU runs of the reward stage).",
+    "rlhf_recipes.reward.losses.x_ranking_differences__mutmut_21": "as mutmut_17 (device argument left out).",
+    "rlhf_recipes.reward.losses.x_group_rewards__mutmut_20":
+        "as x_ranking_differences__mutmut_17: the mask on the default device is the same tensor on CPU; on a GPU the "
+        "first `&` with the CUDA triangle raises.",
+    "rlhf_recipes.reward.losses.x_group_rewards__mutmut_24": "as x_group_rewards__mutmut_20 (device argument left out).",
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+
+
+def _mutmut_section(source: str, tests: list[str]) -> str:
+    quoted = ", ".join(json.dumps(t) for t in tests)
+    return ("\n[tool.mutmut]\n"
+            'source_paths = ["src"]\n'
+            f"only_mutate = [{json.dumps(source)}]\n"
+            f"pytest_add_cli_args_test_selection = [{quoted}]\n"
+            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
+            'also_copy = ["recipes"]\n'
+            # mutmut's CPU-time limit per mutant is (test time + this) x 30: room for a fork that imports torch
+            # again, so that only a mutant that really hangs counts as "timeout" (a kill)
+            "timeout_constant = 30\n"
+            # torch is not fork-safe after its thread pools start: fork every mutant from a clean server process
+            'process_isolation = "forkserver"\n')
+
+
+def prepare(target: str) -> Path:
+    """A fresh scratch copy of what the target's tests need, with mutmut configured for that target only."""
+    source, tests = TARGETS[target]
+    work = SCRATCH / target.replace("/", "-")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for folder in ("src", "tests", "recipes"):
+        shutil.copytree(REPO / folder, work / folder, ignore=ignore)
+    (work / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text() + _mutmut_section(source, tests))
+    return work
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy, never the checkout
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    return env
+
+
+def run_target(target: str, max_children: int) -> dict:
+    work = prepare(target)
+    start = time.time()
+    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=work,
+                         env=_env(), capture_output=True, text=True)
+    (work / "mutmut-run.log").write_text(run.stdout + run.stderr)
+    if not (work / "mutants" / f"{TARGETS[target][0]}.meta").is_file():
+        raise SystemExit(f"mutmut wrote no results for {target} (exit {run.returncode}); see {work}/mutmut-run.log:\n"
+                         + (run.stdout + run.stderr)[-3000:])
+    return collect(target, time.time() - start, max_children)
+
+
+def collect(target: str, wall: float | None, max_children: int | None = None) -> dict:
+    """The verdicts mutmut recorded for `target` so far (a run stopped early leaves mutants "not checked")."""
+    source, tests = TARGETS[target]
+    work = SCRATCH / target.replace("/", "-")
+    meta = work / "mutants" / f"{source}.meta"
+    if not meta.is_file():
+        raise SystemExit(f"No mutmut results for {target} in {work}: run `python tools/mutation.py --only {target}`.")
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    counts: dict[str, int] = {}
+    survivors = []
+    for name, code in sorted(codes.items()):
+        status = STATUS.get(code, "suspicious")
+        counts[status] = counts.get(status, 0) + 1
+        if status in ("survived", "no tests", "suspicious"):
+            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, env=_env(),
+                                  capture_output=True, text=True).stdout
+            survivors.append({"name": name, "status": status, "diff": _diff_lines(diff)})
+    return {"target": target, "source": source, "tests": tests, "total": len(codes), "counts": counts,
+            "survivors": survivors, "wall_s": None if wall is None else round(wall),
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "max_children": max_children}
+
+
+def _diff_lines(diff: str) -> list[str]:
+    """The changed lines of `mutmut show`'s diff (without the file header)."""
+    return [line for line in diff.splitlines()
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical cores"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_report(results: dict[str, dict]) -> Path:
+    lines = ["# Mutation score of the core modules",
+             "",
+             "Written by `make mutation` (`python tools/mutation.py`): mutmut mutates one file at a time and runs only "
+             "that file's fast unit tests against each mutant. The score counts *timeout* (a mutant whose tests ran "
+             "past mutmut's time limit, e.g. an endless loop) as killed, over the mutants checked; *not checked* are "
+             "those a run stopped early never reached. Every survivor below is explained or marked **unexplained**.",
+             "",
+             f"CPU: {_cpu()}.",
+             "",
+             "| file | tests | killed | timeout | survived | no tests | not checked | total | score | wall |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for target in TARGETS:
+        r = results.get(target)
+        if r is None:
+            lines.append(f"| {TARGETS[target][0]} | {', '.join(TARGETS[target][1])} | not run | | | | | | | |")
+            continue
+        c = r["counts"]
+        killed, timeout = c.get("killed", 0), c.get("timeout", 0)
+        tested = r["total"] - c.get("no tests", 0) - c.get("skipped", 0) - c.get("not checked", 0)
+        score = f"{100 * (killed + timeout) / tested:.1f}%" if tested else "-"
+        wall = "stopped early" if r["wall_s"] is None else f"{r['wall_s']} s"
+        lines.append(f"| {r['source']} | {', '.join(r['tests'])} | {killed} | {timeout} | {c.get('survived', 0)} | "
+                     f"{c.get('no tests', 0)} | {c.get('not checked', 0)} | {r['total']} | {score} | "
+                     f"{wall} ({r['when']}) |")
+    for target in TARGETS:
+        r = results.get(target)
+        if not r or not r["survivors"]:
+            continue
+        lines += ["", f"## Survivors in {r['source']}", ""]
+        for s in r["survivors"]:
+            why = EXPLAINED.get(s["name"], "**unexplained**")
+            lines += [f"- `{s['name']}` ({s['status']}): {why}", "", "  ```diff",
+                      *[f"  {line}" for line in s["diff"]], "  ```"]
+    path = RESULTS / "mutation.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=sorted(TARGETS), help="run this target only (repeatable)")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="mutants tested in parallel")
+    parser.add_argument("--report", action="store_true", help="rewrite the report from the stored results only")
+    parser.add_argument("--collect", action="store_true", help="record the --only targets' verdicts so far from "
+                        "their scratch folders (after a run was stopped early) without running mutmut")
+    args = parser.parse_args(argv)
+    store = RESULTS / "mutation.json"
+    results = json.loads(store.read_text()) if store.is_file() else {}
+    if args.collect:
+        for target in args.only or []:
+            previous = results.get(target, {})
+            results[target] = collect(target, None)
+            if not results[target]["counts"].get("not checked") and previous.get("wall_s"):
+                # a finished run, some mutants rerun since (e.g. after a new test): keep the run's own time
+                results[target]["wall_s"] = previous["wall_s"]
+        store.write_text(json.dumps(results, indent=1) + "\n")
+    elif not args.report:
+        for target in args.only or list(TARGETS):
+            print(f"mutating {TARGETS[target][0]} against {', '.join(TARGETS[target][1])} ...", flush=True)
+            results[target] = run_target(target, args.max_children)
+            c = results[target]["counts"]
+            print(f"  {c} of {results[target]['total']} in {results[target]['wall_s']} s", flush=True)
+            store.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {write_report(results)}")
+    unexplained = [s["name"] for r in results.values() for s in r["survivors"] if s["name"] not in EXPLAINED]
+    if unexplained:
+        print(f"{len(unexplained)} surviving mutants are neither killed nor explained: {unexplained}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
