@@ -161,3 +161,69 @@ def test_a_loop_is_not_continued_with_other_settings(tmp_path):
         _check_resume(tmp_path, RoundsArguments(output_dir=str(tmp_path), method="dpo"))
     with pytest.raises(ConfigError, match="prompts_per_round 192 -> 64"):
         _check_resume(tmp_path, RoundsArguments(output_dir=str(tmp_path), prompts_per_round=64))
+
+
+@pytest.mark.slow
+def test_dpo_rounds_train_on_every_ranking_so_far_from_the_current_policy(tiny_demo, tmp_path, monkeypatch):
+    out = tmp_path / "dpo"
+    dpo = _tiny_yaml("dpo", tmp_path / "dpo.yaml", per_device_train_batch_size=8, per_device_eval_batch_size=8,
+                     max_eval_samples=8, logging_steps=1)
+    calls: list[tuple[str, list[str]]] = []
+    real_run = rounds_module._run
+
+    def recording(recipe, argv):
+        calls.append((recipe, argv))
+        return real_run(recipe, argv)
+
+    monkeypatch.setattr(rounds_module, "_run", recording)
+    run_recipe("iterate", _args(tiny_demo, out, rounds=2, method="dpo", dpo_config=dpo))
+    rounds = json.loads((out / "rounds.json").read_text())
+    flag = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
+    trained = [argv for recipe, argv in calls if recipe == "dpo"]
+    assert [recipe for recipe, _ in calls] == ["dpo", "sample", "dpo", "sample", "dpo"]  # no RM, no PPO
+    sft = str(tiny_demo / "sft")
+    # round 0 is DPO from SFT; round r continues from round r-1's policy; the reference is SFT in every round
+    assert [flag(argv, "--model_name_or_path") for argv in trained] == [sft] + [r["policy_path"] for r in rounds[:2]]
+    assert [flag(argv, "--ref_model_path") for argv in trained] == [sft] * 3
+    assert [r["method"] for r in rounds] == ["dpo"] * 3 and {r["reference_path"] for r in rounds} == {sft}
+    # sampled from the current policy without an RM; ranked through the label store
+    assert {json.dumps(row["rm_scores"]) for row in map(json.loads, (out / "samples.jsonl").open())} == {"null"}
+    assert [r["new_rankings"] for r in rounds] == [0, PROMPTS_PER_ROUND, PROMPTS_PER_ROUND]
+    # round 2 learns from every ranking so far but the held-out ones: the demo's 16 and both rounds' rest
+    held = set(rounds[1]["held_out_ids"]) | set(rounds[2]["held_out_ids"])
+    stored = [row for row in map(json.loads, (out / "comparisons.jsonl").open()) if row["item_id"] not in held]
+    data = [json.loads(line) for line in (out / "round2/dpo_data/train.jsonl").open()]
+    base = [json.loads(line) for line in (tiny_demo / "data/reward/train.jsonl").open()]
+    assert [(d["prompt"], d["responses"]) for d in data] == [(r["prompt"], r["responses"]) for r in base + stored]
+    assert rounds[2]["comparisons"] == 16 + 2 * (PROMPTS_PER_ROUND - int(PROMPTS_PER_ROUND * 0.25)) == len(data)
+    assert all(0 <= r["rm_accuracy_on_policy_after"] <= 1 for r in rounds[1:])
+    # each round moved the policy
+    weights = [load_file(Path(r["policy_path"]) / "model.safetensors") for r in rounds]
+    sft_weights = load_file(tiny_demo / "sft/model.safetensors")
+    for before, after in zip([sft_weights, *weights], weights):
+        assert any(not (before[k] == after[k]).all() for k in after)
+
+
+def test_dpo_reference_previous_is_the_policy_the_round_starts_from(tiny_demo, tmp_path, monkeypatch):
+    """Round 1 with `--dpo_reference previous`: DPO against round 0's policy, stopped before it trains."""
+    calls: list[list[str]] = []
+    real_run = rounds_module._run
+
+    def fake_dpo_then_stop(recipe, argv):
+        if recipe != "dpo":
+            return real_run(recipe, argv)
+        calls.append(argv)
+        if len(calls) == 2:
+            raise Stopped
+        # round 0: SFT's weights under the DPO folder (what trains is tested above)
+        import shutil
+
+        shutil.copytree(argv[argv.index("--model_name_or_path") + 1], argv[argv.index("--output_dir") + 1])
+
+    monkeypatch.setattr(rounds_module, "_run", fake_dpo_then_stop)
+    out = tmp_path / "dpo-previous"
+    with pytest.raises(Stopped):
+        run_recipe("iterate", _args(tiny_demo, out, rounds=1, method="dpo", dpo_reference="previous"))
+    round0 = str(out / "round0/dpo")
+    assert calls[1][calls[1].index("--model_name_or_path") + 1] == round0
+    assert calls[1][calls[1].index("--ref_model_path") + 1] == round0

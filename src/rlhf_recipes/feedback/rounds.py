@@ -331,6 +331,7 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
     from ..data import read_jsonl
     from ..demo.build import write_jsonl
     from ..demo.labeler import rank_responses
+    from .jsonl import AppendLog
     from .sampling import prompt_id
     from .simulated import label_all
     from .store import LabelStore
@@ -383,8 +384,10 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
         all_held = set().union(*(set(x.get("held_out_ids", [])) for x in rounds), held_ids)
         train = base_rankings + _ranking_rows([row for row in store.comparisons.rows
                                                if row["item_id"] not in all_held])
+        # rankings of answers this round's policy wrote (an item sampled earlier keeps an older policy's answers)
+        sampled_by = {row["id"]: (row.get("policy") or {}).get("name_or_path") for row in AppendLog(samples_file).rows}
         record: dict[str, Any] = {"round": r, "method": args.method, "comparisons": len(train),
-                                  "new_rankings": len(this_round)}
+                                  "new_rankings": sum(sampled_by.get(row["item_id"]) == policy for row in this_round)}
         if dpo:
             # 4. DPO continues from the current policy on all rankings so far
             reference = sft if args.dpo_reference == "sft" else policy
