@@ -29,7 +29,7 @@ LAUNCH += --mixed_precision no
 PPO_ARGS ?= --auto_bf16 true
 endif
 
-.PHONY: install install-latest lock demo demo-results demo-avx2-results check-demo sft reward ppo grpo rloo best_of_n frontier pipeline eval plots push test test-all lint bench clean sample label chat push-labels iterate iterate-table
+.PHONY: install install-latest lock demo demo-results demo-avx2-results check-demo sft reward ppo grpo rloo dpo online_dpo best_of_n frontier pipeline eval plots push test test-all lint bench clean sample label chat push-labels iterate iterate-table
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -87,13 +87,15 @@ demo-avx2-results:
 check-demo: demo
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.summary $(DEMO_DIR) --check $(DEMO_RESULTS)
 
-sft reward ppo grpo rloo: $(BIN)/rlhf-installed
+sft reward ppo grpo rloo dpo online_dpo: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(LAUNCH) recipes/$@.py --config $(or $(CONFIG),recipes/$(MODEL)/$@.yaml) $(if $(filter ppo,$@),$(PPO_ARGS)) $(ARGS)
 
 best_of_n: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python recipes/best_of_n.py --config $(or $(CONFIG),recipes/$(MODEL)/best_of_n.yaml) $(ARGS)
 
-# PPO, best-of-n, GRPO and RLOO on one chart of gold score against KL (runs/demo/frontier/); builds the demo first
+# PPO, best-of-n, GRPO, RLOO, DPO and online DPO on one chart of gold score and diversity against KL
+# (runs/demo/frontier/; `ARGS="--methods dpo online_dpo --merge_results docs/frontier/frontier.json"` runs only
+# those two and keeps the other points); builds the demo first
 # when its SFT and reward stages are missing.
 frontier: $(BIN)/rlhf-installed
 	test -f $(DEMO_DIR)/reward/config.json || $(MAKE) demo

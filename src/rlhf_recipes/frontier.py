@@ -1,4 +1,5 @@
-"""Gold score against KL for every third stage on the demo: PPO, best-of-n, GRPO and RLOO (`make frontier`).
+"""Gold score against KL for every third stage on the demo: PPO, best-of-n, GRPO, RLOO, DPO and online DPO
+(`make frontier`).
 
 A reward model is a proxy. What a third stage buys is measured by a judge it was not trained on (on the demo, the
 simulated labeler that ranked the reward model's training data: "gold" in Gao et al. 2023's terms) per unit of KL
@@ -8,6 +9,9 @@ from the SFT policy. This driver puts every method on one chart:
   penalty and episode budget), checkpointing along the way; GRPO and RLOO once per value of their KL coefficient
   `beta` (their main knob). Every checkpoint, and the SFT policy at episode 0, is one point. `--seeds 42 43 44`
   repeats every training run per seed (a single run's gold score varies by about 0.05 on the demo).
+* DPO trains on the reward model's own training rankings (no reward model, no sampling), once per `beta`; its
+  `episodes` are the preference pairs trained on so far. Online DPO samples two completions per prompt and lets the
+  reward model pick the better, with the same episode budget as PPO (2 completions per prompt per step).
 * Best-of-n samples n = 1, 2, 4, ..., 64 responses per prompt from the SFT policy and keeps the reward model's
   favourite; its KL is the analytic `log n - (n-1)/n`.
 
@@ -17,13 +21,15 @@ log-ratio), the reward model's score (proxy), the labeler's mean score and its p
 policy's response (gold), the win rates of two independent sentiment judges (VADER, AFINN: `demo/judges.py`), and
 distinct-2 and mean words per response.
 `wall_s` is the time from the start of the run to the checkpoint's save (training runs) or the sampling and
-scoring time (best-of-n). Output: `frontier.json` (a list of points), `frontier.png` and `frontier.md` (a table and
+scoring time (best-of-n). `--merge_results frontier.json` keeps the points of the methods not run this time from an
+earlier result, after checking it was measured against the same SFT policy and prompts. Output: `frontier.json` (a list of points), `frontier.png` and `frontier.md` (a table and
 the summary lines quoted in the README).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +47,7 @@ from .evaluation import EvalArguments, evaluate_policies
 from .evaluation_metrics import distinct_n, markdown_table, mean_std, win_rate
 from .models import load_model, load_tokenizer, score_responses
 
-METHODS = ("ppo", "best_of_n", "grpo", "rloo")
+METHODS = ("ppo", "best_of_n", "grpo", "rloo", "dpo", "online_dpo")
 POINT_KEYS = ("method", "run", "kl", "proxy_reward", "gold_win_rate", "gold_score", "vader_win_rate", "afinn_win_rate",
               "distinct_2", "mean_words", "episodes", "wall_s", "n", "beta", "seed", "checkpoint")
 
@@ -66,6 +72,12 @@ class FrontierArguments:
     best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     grpo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5])
     rloo_betas: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5])
+    dpo_betas: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3], metadata={
+        "help": "DPO's beta per run (the pull towards SFT; TRL's and the DPO paper's default is 0.1)."})
+    online_dpo_betas: list[float] = field(default_factory=lambda: [0.1])
+    merge_results: str | None = field(default=None, metadata={
+        "help": "An earlier frontier.json: its points of the methods not in --methods are kept (refused when its "
+                "SFT point differs from this run's, i.e. another demo, prompts or evaluation)."})
     seeds: list[int] = field(default_factory=lambda: [42], metadata={
         "help": "Training seeds: every PPO/GRPO/RLOO run is repeated per seed (one seed: the recipes' 42)."})
     response_length: int = field(default=24, metadata={"help": "= the demo recipes' response length."})
@@ -183,6 +195,35 @@ def run_points(judge: Judge, method: str, run: str, run_dir: Path, start: float,
     return points
 
 
+def dpo_schedule(recipe: Path, argv: list[str]) -> tuple[int, int]:
+    """(optimizer steps, pairs trained on) of a DPO run: the recipe's dataset and pair selection, as it loads them."""
+    module = load_recipe_module(recipe)
+    script_args, training_args, _ = parse_recipe_args(module.DATACLASSES, argv)
+    dataset, _ = load_stage_dataset(script_args, "dpo", pair_selection=training_args.ranking_pairs)
+    pairs = len(dataset["train"])
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    steps = training_args.max_steps if training_args.max_steps > 0 \
+        else math.ceil(pairs / per_step) * math.ceil(training_args.num_train_epochs)
+    return steps, min(pairs * math.ceil(training_args.num_train_epochs), steps * per_step)
+
+
+def merge_points(path: str | Path, points: list[dict[str, Any]], sft_point: dict[str, Any],
+                 methods: Sequence[str]) -> list[dict[str, Any]]:
+    """`points` plus the points of `path` whose method is not in `methods`, if `path` measured the same SFT policy."""
+    earlier = json.loads(Path(path).read_text())
+    starts = [p for p in earlier if p.get("checkpoint") == "sft"]
+    keys = ("gold_score", "proxy_reward", "distinct_2", "mean_words")
+    for start in starts:
+        if any(abs(start[k] - sft_point[k]) > 1e-6 for k in keys if k in start):
+            raise ConfigError(
+                f"{path} was measured against another SFT policy or prompts (its SFT point "
+                f"{ {k: start[k] for k in keys} } vs this run's { {k: sft_point[k] for k in keys} }): rerun those "
+                "methods with --methods instead of merging.")
+    if not starts:
+        raise ConfigError(f"{path} has no SFT point (checkpoint 'sft') to check it against this run: rerun instead.")
+    return points + [p for p in earlier if p["method"] not in methods]
+
+
 def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
     """Train, evaluate and write `frontier.json`, `frontier.png` and `frontier.md`; returns the points."""
     unknown = set(args.methods) - set(METHODS)
@@ -230,6 +271,32 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
                 start = train_run(recipe_main(recipes / f"{method}.py"), extra, run_dir, args.reuse_runs)
                 points += run_points(judge, method, f"{method} beta={beta:g}{tag}", run_dir, start, args.episodes,
                                      beta=beta, seed=seed)
+        if "online_dpo" in args.methods:
+            steps = args.episodes // 32  # 32 completions (16 prompts x 2) per step in the demo recipe
+            for beta in args.online_dpo_betas:
+                run_dir = out / f"online_dpo-beta{beta:g}{folder}"
+                extra = ["--config", str(recipes / "demo/online_dpo.yaml"), *seeded, "--output_dir", str(run_dir),
+                         "--beta", str(beta), "--max_steps", str(steps),
+                         "--save_steps", str(max(1, steps // args.checkpoints))]
+                start = train_run(recipe_main(recipes / "online_dpo.py"), extra, run_dir, args.reuse_runs)
+                points += run_points(judge, "online_dpo", f"online_dpo beta={beta:g}{tag}", run_dir, start,
+                                     args.episodes, beta=beta, seed=seed)
+        if "dpo" in args.methods:
+            # The reward model's own training rankings, from the SFT policy; no reward model, no sampling.
+            for beta in args.dpo_betas:
+                run_dir = out / f"dpo-beta{beta:g}{folder}"
+                extra = ["--config", str(recipes / "demo/dpo.yaml"), "--model_name_or_path", str(demo / "sft"),
+                         "--dataset_name", str(demo / "data/reward"), "--output_dir", str(run_dir),
+                         "--beta", str(beta), "--seed", str(seed), "--save_strategy", "steps",
+                         "--save_total_limit", "1000", "--report_to", "none"]
+                steps, pairs = dpo_schedule(recipes / "dpo.py", extra)
+                extra += ["--save_steps", str(max(1, steps // args.checkpoints))]
+                start = train_run(recipe_main(recipes / "dpo.py"), extra, run_dir, args.reuse_runs)
+                points += run_points(judge, "dpo", f"dpo beta={beta:g}{tag}", run_dir, start, pairs, beta=beta,
+                                     seed=seed)
+    if args.merge_results:
+        sft_point = judge.point(judge.sft_row, judge.sft_texts)
+        points = merge_points(args.merge_results, points, sft_point, args.methods)
     points = [{k: p[k] for k in POINT_KEYS if k in p} for p in points]
     write_frontier(out, points, args.gold_thresholds)
     return points

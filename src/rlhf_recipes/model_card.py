@@ -15,12 +15,15 @@ STAGE_TITLES = {
     "ppo": "PPO-ptx policy (InstructGPT stage 3)",
     "grpo": "GRPO policy (stage 3 with TRL's GRPOTrainer and our reward model)",
     "rloo": "RLOO policy (stage 3 with TRL's RLOOTrainer and our reward model)",
+    "dpo": "DPO policy (TRL's DPOTrainer on the preference labels, no reward model)",
+    "online_dpo": "online DPO policy (pairs sampled from the policy, ranked by our reward model)",
 }
 KEY_HYPERPARAMETERS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "max_length", "seed", "ranking_batching", "kl_coef", "target_kl", "ptx_coef", "num_ppo_epochs",
     "num_mini_batches", "response_length", "total_episodes", "cliprange", "vf_coef", "gamma", "lam",
-    "beta", "num_generations", "max_completion_length", "missing_eos_penalty", "temperature",
+    "beta", "num_generations", "max_completion_length", "missing_eos_penalty", "temperature", "loss_type",
+    "ranking_pairs", "ref_model_path",
 )
 
 

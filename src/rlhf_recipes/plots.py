@@ -194,18 +194,21 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     return plot_log_history(log_history, out_dir)
 
 
-FRONTIER_COLORS = {"ppo": "tab:blue", "best_of_n": "tab:gray", "grpo": "tab:orange", "rloo": "tab:green"}
+FRONTIER_COLORS = {"ppo": "tab:blue", "best_of_n": "tab:gray", "grpo": "tab:orange", "rloo": "tab:green",
+                   "dpo": "tab:red", "online_dpo": "tab:purple", "iterative_dpo": "tab:brown"}
 _RUN_STYLES = ["-", "--", ":", "-."]
 
 
 def plot_frontier(points: list[dict[str, Any]], path: str | Path) -> Path:
-    """Gold (labeler win rate vs SFT) and proxy (RM score) against KL to SFT, one colour per method, one line per
-    run (a training run's checkpoints, or best-of-n's n); ``points`` as ``rlhf_recipes.frontier`` writes them."""
-    fig = Figure(figsize=(12, 4.5), dpi=100)
+    """Gold (labeler win rate vs SFT), diversity (distinct-2) and proxy (RM score) against KL to SFT, one colour per
+    method, one line per run (a training run's checkpoints in training order, so a run whose KL falls back draws a
+    line that turns back; best-of-n's points in order of n); ``points`` as ``rlhf_recipes.frontier`` writes them."""
+    fig = Figure(figsize=(18, 4.5), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    for ax, key, title in zip(axes, ("gold_win_rate", "proxy_reward"),
-                              ("Gold: simulated-labeler win rate vs SFT", "Proxy: reward-model score")):
+    axes = fig.subplots(1, 3)
+    for ax, key, title in zip(axes, ("gold_win_rate", "distinct_2", "proxy_reward"),
+                              ("Gold: simulated-labeler win rate vs SFT", "Diversity: distinct-2 of the responses",
+                               "Proxy: reward-model score")):
         runs: dict[str, list[dict[str, Any]]] = {}
         for p in points:
             runs.setdefault(p["run"], []).append(p)
@@ -221,7 +224,7 @@ def plot_frontier(points: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel("KL(policy || SFT), nats")
         ax.set_ylabel(key)
         ax.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best")
+    axes[2].legend(fontsize=7, loc="best")
     return _save(fig, Path(path))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "rlhf_recipes"
-STAGE_PACKAGES = ("sft", "reward", "ppo", "online", "feedback")
+STAGE_PACKAGES = ("sft", "reward", "ppo", "online", "dpo", "feedback")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -48,8 +48,10 @@ def test_ppo_core_imports_torch_only():
 
 
 def test_stages_do_not_import_each_other():
-    for stage in ("sft", "reward", "ppo"):
+    stages = ("sft", "reward", "ppo", "online", "dpo")
+    for stage in stages:
         paths = [PACKAGE / f"{stage}.py"] if (PACKAGE / f"{stage}.py").exists() else list((PACKAGE / stage).glob("*.py"))
+        assert paths, stage
         for path in paths:
-            for other in {"sft", "reward", "ppo"} - {stage}:
+            for other in set(stages) - {stage}:
                 assert not any(m.startswith(f"rlhf_recipes.{other}") for m in imported_modules(path)), (path, other)

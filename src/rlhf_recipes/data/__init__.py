@@ -12,6 +12,7 @@ Input formats (`--dataset_format`, detected from the columns when `auto`):
 Output per stage:
     sft     `prompt`, `completion` (or `text`)
     reward  `prompt`, `chosen`, `rejected`, or `prompt`, `responses` for rankings
+    dpo     `prompt`, `chosen`, `rejected`: rankings become the pairs `pair_selection` picks (optional `ties` column)
     prompts `prompt` (PPO and evaluation)
 
 Conversations (`messages`, HH `chosen`/`rejected`, `prompt`/`chosen`/`rejected` given as lists of messages) are
@@ -40,6 +41,7 @@ from .formats import (
     detect_format,
     format_split,
     load_stage_dataset,
+    rankings_to_pairs,
     tokenize_prompts,
     tokenize_texts,
 )
@@ -75,6 +77,6 @@ __all__ = [
     "LOCAL_EXTENSIONS", "MAX_RANKING_SIZE", "PAIR_SELECTIONS", "REPORT_FILE", "STAGE_FORMATS", "STRING_COLUMNS", "TEMPLATE_CHOICES",
     "ConversationTemplate", "DataError", "DataReport", "Stage", "check_row_types", "column_type_problem",
     "detect_format", "encode_text", "end_of_turn_token", "format_split", "load_raw_dataset", "load_stage_dataset",
-    "log_report", "parse_hh", "ranking_pairs", "read_jsonl", "render_conversation", "render_prompt", "resolve_template",
+    "log_report", "parse_hh", "ranking_pairs", "rankings_to_pairs", "read_jsonl", "render_conversation", "render_prompt", "resolve_template",
     "save_reports", "split_hh", "tokenize_prompts", "ties_problem", "tokenize_texts",
 ]

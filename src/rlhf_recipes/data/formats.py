@@ -11,6 +11,7 @@ from typing import Any, Literal
 from datasets import Dataset, DatasetDict
 
 from ..config import UserError
+from .rankings import PAIR_SELECTIONS, ranking_pairs, ties_problem
 from .reading import DataError, _raise_type_problems, column_type_problem, load_raw_dataset
 from .report import DataReport, log_report, save_reports
 from .templates import ASSISTANT, ConversationTemplate, encode_text, resolve_template
@@ -18,7 +19,7 @@ from .templates import ASSISTANT, ConversationTemplate, encode_text, resolve_tem
 logger = logging.getLogger("rlhf_recipes.data")
 
 MAX_RANKING_SIZE = 9
-Stage = Literal["sft", "reward", "prompts"]
+Stage = Literal["sft", "reward", "dpo", "prompts"]
 
 FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion"),
@@ -32,6 +33,7 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
 STAGE_FORMATS: dict[str, tuple[str, ...]] = {
     "sft": ("prompt_completion", "text", "messages", "hh", "preference", "ranking"),
     "reward": ("hh", "preference", "ranking"),
+    "dpo": ("hh", "preference", "ranking"),
     "prompts": ("prompt_completion", "messages", "hh", "preference", "ranking", "prompt"),
 }
 
@@ -179,6 +181,43 @@ def _format_reward(row: dict, fmt: str, report: DataReport, row_number: int,
     return {"prompt": prompt, "chosen": chosen_reply, "rejected": rejected_reply}
 
 
+def _format_dpo(row: dict, fmt: str, report: DataReport, row_number: int,
+                template: ConversationTemplate) -> dict[str, Any]:
+    """Pairs as the reward model reads them; a ranking keeps its responses and optional `ties` (0-based groups of
+    equally good adjacent responses) until `load_stage_dataset` turns it into the pairs `pair_selection` picks."""
+    formatted = _format_reward(row, fmt, report, row_number, template)
+    if fmt == "ranking":
+        ties = row.get("ties")
+        problem = ties_problem(ties, len(formatted["responses"]))
+        if problem:
+            raise _RowProblem(problem)
+        formatted["ties"] = [list(group) for group in ties or []]
+    return formatted
+
+
+def rankings_to_pairs(dataset: Dataset, selection: str = "all") -> Dataset:
+    """`prompt`, `responses` (best first) and `ties` rows -> one `prompt`, `chosen`, `rejected` row per pair that
+    `selection` takes from each ranking (`rankings.ranking_pairs`: all, best_vs_rest, best_vs_worst; tied responses
+    are never paired with each other). Pair rows pass through unchanged."""
+    if "responses" not in dataset.column_names:
+        return dataset
+    if selection not in PAIR_SELECTIONS:
+        raise ValueError(f"pair selection must be one of {PAIR_SELECTIONS}, got {selection!r}")
+
+    def expand(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": []}
+        for prompt, responses, ties in zip(batch["prompt"], batch["responses"],
+                                           batch.get("ties") or [None] * len(batch["prompt"])):
+            for winner, loser in ranking_pairs(len(responses), ties or None, selection):
+                out["prompt"].append(prompt)
+                out["chosen"].append(responses[winner])
+                out["rejected"].append(responses[loser])
+        return out
+
+    return dataset.map(expand, batched=True, remove_columns=dataset.column_names,
+                       desc=f"Rankings to pairs ({selection})")
+
+
 def _format_prompt(row: dict, fmt: str, report: DataReport, row_number: int,
                    template: ConversationTemplate) -> dict[str, str]:
     if fmt == "hh":
@@ -201,6 +240,7 @@ def _format_prompt(row: dict, fmt: str, report: DataReport, row_number: int,
 FORMATTERS: dict[str, Callable[[dict, str, DataReport, int, ConversationTemplate], dict[str, Any]]] = {
     "sft": _format_sft,
     "reward": _format_reward,
+    "dpo": _format_dpo,
     "prompts": _format_prompt,
 }
 
@@ -307,6 +347,7 @@ def load_stage_dataset(
     dataset_name: str | None = None,
     max_length: int | None = None,
     report_dir: str | os.PathLike | None = None,
+    pair_selection: str = "all",
 ) -> tuple[DatasetDict, list[DataReport]]:
     """Load `script_args.dataset_name` (or `dataset_name`) and return `{train, test?}` formatted for `stage`.
 
@@ -315,6 +356,10 @@ def load_stage_dataset(
     conversations are rendered with `tokenizer`'s chat template unless that says `hh` (or there is none). With
     `max_length`, responses the trainer will cut are counted. With `report_dir` the reports are saved there
     (`data_report.json`) at once; a report that dropped, cut or noted rows is printed at WARNING level with that path.
+
+    The `dpo` stage returns `prompt`, `chosen`, `rejected` pairs: a ranking becomes the pairs `pair_selection` picks
+    (`all`, `best_vs_rest`, `best_vs_worst`; see `rankings.ranking_pairs`), after the held-out split is made, so the
+    pairs of one ranking never land on both sides of it. Each report counts its split's pairs.
     """
     template = resolve_template(tokenizer, getattr(script_args, "conversation_template", "auto"))
     name = dataset_name or script_args.dataset_name
@@ -347,6 +392,18 @@ def load_stage_dataset(
             max_length=max_length, template=template,
         )
         reports.append(report)
+    if "test" not in result and script_args.eval_split_size > 0:
+        parts = result["train"].train_test_split(test_size=script_args.eval_split_size, seed=seed)
+        result = {"train": parts["train"], "test": parts["test"]}
+    if stage == "dpo":
+        carved = "test" not in selected  # a held-out part of train: its pairs count in train's report
+        result = {split: rankings_to_pairs(dataset, pair_selection) for split, dataset in result.items()}
+        for split, report in zip(selected, reports):
+            report.pairs = len(result[split]) + (len(result["test"]) if carved and "test" in result else 0)
+        for split, dataset in result.items():
+            if len(dataset) == 0:
+                raise DataError(f"{name} [{split}]: no pairs left for the dpo stage (are its rankings tied "
+                                "throughout?). Check the `ties` column, or choose another `ranking_pairs`.")
     path = None
     if report_dir is not None:
         try:
@@ -356,9 +413,6 @@ def load_stage_dataset(
                             "`output_dir` (and check the disk is not full).") from err
     for report in reports:
         log_report(report, path)
-    if "test" not in result and script_args.eval_split_size > 0:
-        parts = result["train"].train_test_split(test_size=script_args.eval_split_size, seed=seed)
-        result = {"train": parts["train"], "test": parts["test"]}
     return DatasetDict(result), reports
 
 

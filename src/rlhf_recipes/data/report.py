@@ -28,6 +28,7 @@ class DataReport:
     noted: dict[str, list[int]] = field(default_factory=dict)
     truncated_prompts: int = 0
     truncated_responses: int = 0
+    pairs: int | None = None  # the preference pairs the rows became (DPO: rankings expanded); None: not counted
 
     def drop(self, reason: str, row: int) -> None:
         self.dropped.setdefault(reason, []).append(row)
@@ -42,7 +43,8 @@ class DataReport:
     def summary(self) -> str:
         lines = [f"{self.source} [{self.split}] for {self.stage}: read {self.rows_read}, kept {self.kept}, "
                  f"dropped {self.num_dropped}, prompts truncated {self.truncated_prompts}, "
-                 f"{'texts' if self.stage == 'ptx' else 'responses'} truncated {self.truncated_responses}"]
+                 f"{'texts' if self.stage == 'ptx' else 'responses'} truncated {self.truncated_responses}"
+                 + (f", pairs {self.pairs}" if self.pairs is not None else "")]
         for title, table in (("dropped", self.dropped), ("kept, noted", self.noted)):
             for reason, rows in table.items():
                 shown = ", ".join(map(str, rows[:SHOWN_ROWS])) + (" ..." if len(rows) > SHOWN_ROWS else "")
@@ -54,6 +56,7 @@ class DataReport:
             "source": self.source, "split": self.split, "stage": self.stage, "rows_read": self.rows_read,
             "kept": self.kept, "dropped": self.dropped, "noted": self.noted,
             "truncated_prompts": self.truncated_prompts, "truncated_responses": self.truncated_responses,
+            **({"pairs": self.pairs} if self.pairs is not None else {}),
         }
 
     @property

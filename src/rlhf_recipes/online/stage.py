@@ -57,8 +57,12 @@ class RewardModelReward:
 
 
 def train_online(stage: str, trainer_class: type, script_args, training_args: RewardModelArguments,
-                 model_args: ModelConfig) -> dict[str, float]:
-    """Train `trainer_class` (TRL's GRPOTrainer or RLOOTrainer) from the SFT policy against our reward model."""
+                 model_args: ModelConfig, *, completion_length_field: str = "max_completion_length",
+                 final_metrics: tuple[str, ...] = FINAL_METRICS, penalty_in_reward: bool = True) -> dict[str, float]:
+    """Train `trainer_class` (TRL's GRPOTrainer, RLOOTrainer or online DPO) from the SFT policy against our reward
+    model. `completion_length_field` names the config's response length; the stage's metrics are the
+    `final_metrics` of the last log holding the first of them; `penalty_in_reward: False` when the trainer subtracts
+    `missing_eos_penalty` itself (online DPO), so that it is not subtracted twice."""
     check_hub_token(training_args)
     training_args.check_reward_model()
     keep_freed_memory()  # no page faults on every step for the memory the last step freed
@@ -66,10 +70,10 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
     remote = training_args.trust_remote_code
     # The one length check every stage uses: the policy and the reward model both read prompt + completion.
     context = check_lengths(training_args, [sft_path, training_args.reward_model_path], stage=stage.upper(),
-                            generation=(None, "max_completion_length"), revision=model_args.model_revision,
+                            generation=(None, completion_length_field), revision=model_args.model_revision,
                             trust_remote_code=remote)
     dataset, reports = load_stage_dataset(script_args, "prompts", tokenizer=tokenizer, seed=training_args.seed,
-                                          max_prompt_tokens=context - training_args.max_completion_length,
+                                          max_prompt_tokens=context - getattr(training_args, completion_length_field),
                                           report_dir=training_args.output_dir)
 
     # LoRA is TRL's to apply (peft_config): with it, the reference is the policy with the adapter disabled.
@@ -77,7 +81,8 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
                         apply_lora=False)
     reward_model = load_model(model_args, tokenizer, kind="reward", model_name_or_path=training_args.reward_model_path,
                               trust_remote_code=remote, apply_lora=False)
-    reward = RewardModelReward(reward_model, tokenizer, missing_eos_penalty=training_args.missing_eos_penalty,
+    penalty = training_args.missing_eos_penalty if penalty_in_reward else None
+    reward = RewardModelReward(reward_model, tokenizer, missing_eos_penalty=penalty,
                                batch_size=training_args.reward_batch_size)
     trainer = trainer_class(model=policy, reward_funcs=reward, args=training_args, train_dataset=dataset["train"],
                             eval_dataset=dataset["test"] if "test" in dataset else None, processing_class=tokenizer,
@@ -85,8 +90,8 @@ def train_online(stage: str, trainer_class: type, script_args, training_args: Re
     reward.to(trainer.accelerator.device)  # a plain callable: TRL leaves its placement to us
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
 
-    logged = [log for log in trainer.state.log_history if "reward" in log]
-    metrics = {k: logged[-1][k] for k in FINAL_METRICS if logged and k in logged[-1]}
+    logged = [log for log in trainer.state.log_history if final_metrics[0] in log]
+    metrics = {k: logged[-1][k] for k in final_metrics if logged and k in logged[-1]}
     trainer.accelerator.print(f"{stage.upper()} metrics: {metrics}")
     save_stage(trainer, stage=stage, script_args=script_args, model_args=model_args, metrics=metrics,
                reports=reports)
