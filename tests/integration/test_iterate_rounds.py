@@ -161,6 +161,11 @@ def test_a_loop_is_not_continued_with_other_settings(tmp_path):
         _check_resume(tmp_path, RoundsArguments(output_dir=str(tmp_path), method="dpo"))
     with pytest.raises(ConfigError, match="prompts_per_round 192 -> 64"):
         _check_resume(tmp_path, RoundsArguments(output_dir=str(tmp_path), prompts_per_round=64))
+    # rounds written before settings.json existed: the rows' method counts
+    (tmp_path / "settings.json").unlink()
+    (tmp_path / "rounds.json").write_text('[{"round": 0, "comparisons": 3000}]')
+    with pytest.raises(ConfigError, match="method 'ppo' -> 'dpo'"):
+        _check_resume(tmp_path, RoundsArguments(output_dir=str(tmp_path), method="dpo"))
 
 
 @pytest.mark.slow

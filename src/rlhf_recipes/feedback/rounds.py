@@ -220,10 +220,13 @@ def _check_resume(out: Path, args: RoundsArguments) -> None:
     """Refuse to continue the rounds in `out` with settings that would make its rounds a mix of two loops."""
     from ..config import ConfigError
 
-    path = out / "settings.json"
+    path, results = out / "settings.json", out / "rounds.json"
     wanted = {name: getattr(args, name) for name in _FIXED_SETTINGS}
-    if path.is_file():
-        stored = json.loads(path.read_text())
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    finished = json.loads(results.read_text()) if results.is_file() else []
+    if finished and "method" not in stored:  # rounds written before settings.json: their rows tell
+        stored["method"] = _method(finished[0])
+    if stored:
         changed = {k: (stored[k], v) for k, v in wanted.items() if k in stored and stored[k] != v}
         if changed:
             listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
