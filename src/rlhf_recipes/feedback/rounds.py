@@ -394,7 +394,7 @@ def run_rounds(args: RoundsArguments) -> list[dict[str, Any]]:
         if dpo:
             # 4. DPO continues from the current policy on all rankings so far
             reference = sft if args.dpo_reference == "sft" else policy
-            before = _implicit_reward_accuracy(policy, rounds[-1]["reference_path"], held)
+            before = _implicit_reward_accuracy(policy, rounds[-1].get("reference_path", sft), held)
             policy = _train_dpo(args, folder, train, policy, reference, reward_test, args.seed + r)
             after = _implicit_reward_accuracy(policy, reference, held)
         else:
