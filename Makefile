@@ -41,7 +41,7 @@ LAUNCH += --mixed_precision no
 PPO_ARGS ?= --auto_bf16 true
 endif
 
-.PHONY: install install-latest lock demo demo-results demo-avx2-results demo-band check-demo mutation sft reward ppo grpo rloo dpo online_dpo best_of_n frontier pipeline eval plots push test test-all lint docs bench clean sample label chat push-labels iterate
+.PHONY: install install-latest lock demo demo-results demo-avx2-results demo-band check-demo mutation sft reward ppo grpo rloo dpo online_dpo best_of_n frontier pipeline eval plots push test test-all lint docs bench clean sample label chat push-labels iterate iterate-table
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -181,7 +181,16 @@ label: $(BIN)/rlhf-installed
 chat: $(BIN)/rlhf-installed
 	$(DEMO_ENV) $(BIN)/python recipes/chat.py --model_name_or_path $(POLICY) $(ARGS)
 
-# The data loop repeated on the demo (after `make demo`): sample -> simulated labeler via the label store -> RM -> PPO.
+# The data loop repeated on the demo (after `make demo`): sample -> simulated labeler via the label store -> RM -> PPO
+# (METHOD=ppo, in $(DEMO_DIR)/iterate) or -> DPO on all rankings so far (METHOD=dpo, in $(DEMO_DIR)/iterate-dpo).
 ROUNDS ?= 3
+METHOD ?= ppo
+ITERATE_DIR ?= $(DEMO_DIR)/iterate$(if $(filter-out ppo,$(METHOD)),-$(METHOD))
 iterate: $(BIN)/rlhf-installed
-	$(DEMO_ENV) $(BIN)/python recipes/iterate.py --demo_dir $(DEMO_DIR) --output_dir $(DEMO_DIR)/iterate --rounds $(ROUNDS) $(ARGS)
+	$(DEMO_ENV) $(BIN)/python recipes/iterate.py --demo_dir $(DEMO_DIR) --output_dir $(ITERATE_DIR) --method $(METHOD) \
+		--rounds $(ROUNDS) $(ARGS)
+
+# Every finished loop's rounds in one table and figure with a method column: docs/iterate/rounds.{json,md,png}.
+iterate-table: $(BIN)/rlhf-installed
+	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.feedback.rounds --output docs/iterate/rounds.json --rounds_files \
+		$(wildcard $(DEMO_DIR)/iterate/rounds.json $(DEMO_DIR)/iterate-dpo/rounds.json)

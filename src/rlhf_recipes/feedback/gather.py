@@ -24,8 +24,9 @@ from ..data import DataError, load_raw_dataset
 
 
 def _as_ranking(row: dict[str, Any], source: str, split: str, number: int) -> dict[str, Any]:
-    if "responses" in row and "prompt" in row:
-        return {"prompt": row["prompt"], "responses": row["responses"]}
+    if "responses" in row and "prompt" in row:  # a tie group stays with its ranking (no pair is made inside it)
+        return {"prompt": row["prompt"], "responses": row["responses"], **({"ties": row["ties"]} if row.get("ties")
+                                                                            else {})}
     if {"prompt", "chosen", "rejected"} <= set(row):
         return {"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]]}
     raise DataError(f"{source} [{split}], row {number}: a comparison needs `prompt` and `responses` (best first) or "
