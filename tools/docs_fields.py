@@ -30,6 +30,8 @@ def _default(f: dataclasses.Field) -> str:
         return "required"
     if hasattr(value, "value"):  # enums
         value = value.value
+    if isinstance(value, str) and value.startswith(f"{REPO}/"):
+        value = value[len(f"{REPO}/"):]  # a default computed from the checkout: the same page in every checkout
     return f"`{value!r}`" if not isinstance(value, str) else f"`{value}`" if value else '`""`'
 
 
