@@ -121,7 +121,8 @@ best_of_n: $(BIN)/rlhf-installed
 # those two and keeps the other points); builds the demo first
 # when its SFT and reward stages are missing.
 frontier: $(BIN)/rlhf-installed
-	test -f $(DEMO_DIR)/reward/config.json || $(MAKE) demo
+	@# ARGS are the frontier's, not the demo stages'
+	test -f $(DEMO_DIR)/reward/config.json || $(MAKE) demo ARGS=
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.frontier --demo_dir $(DEMO_DIR) $(ARGS)
 
 pipeline: $(BIN)/rlhf-installed

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .checkpoints import SafeTrainerMixin
 from .data import PAIR_SELECTIONS, encode_text
+from .hub import HubPushArguments
 
 # Metrics of TRL's evaluation that the stage reports (before and after training) in stage_metrics.json.
 EVAL_METRICS = {"eval_loss": "eval_loss", "eval_rewards/accuracies": "eval_accuracy",
@@ -34,9 +35,10 @@ EVAL_METRICS = {"eval_loss": "eval_loss", "eval_rewards/accuracies": "eval_accur
 
 
 @dataclass
-class DPOConfig(trl.DPOConfig):
+class DPOConfig(HubPushArguments, trl.DPOConfig):
     """TRL's `DPOConfig` (every field, same names and defaults: `beta`, `loss_type`, `label_smoothing`, ...) with how
-    rankings become pairs and which model is the reference."""
+    rankings become pairs and which model is the reference; pushes are private unless asked
+    (`hub.HubPushArguments`)."""
 
     ranking_pairs: str = field(
         default="best_vs_rest",

@@ -300,7 +300,7 @@ def test_make_push_of_the_three_stages_in_order_links_each_card_to_its_parent(fa
 
 # ---- Visibility: private unless asked, and no push into a public repository by accident ----
 
-RECIPES_WITH_PUSH = ("sft", "reward", "ppo", "grpo", "rloo")
+RECIPES_WITH_PUSH = ("sft", "reward", "ppo", "grpo", "rloo", "dpo", "online_dpo")
 
 
 def _help(dataclasses) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..checkpoints import SafeTrainerMixin
+from ..hub import HubPushArguments
 from .config import RewardModelArguments
 
 with warnings.catch_warnings():  # the "experimental API" notice; the docs and this module's docstring say so
@@ -47,9 +48,10 @@ def cut_after_eos(ids: list[int], eos_token_ids: list[int]) -> list[int]:
 
 
 @dataclass
-class OnlineDPOConfig(TrlOnlineDPOConfig, RewardModelArguments):
+class OnlineDPOConfig(HubPushArguments, TrlOnlineDPOConfig, RewardModelArguments):
     """TRL's experimental `OnlineDPOConfig` (every field, same names and defaults: `beta`, `loss_type`,
-    `max_new_tokens`, `temperature`, `missing_eos_penalty`, ...) with our reward-model fields."""
+    `max_new_tokens`, `temperature`, `missing_eos_penalty`, ...) with our reward-model fields; pushes are private
+    unless asked (`hub.HubPushArguments`)."""
 
 
 class OnlineDPOTrainer(SafeTrainerMixin, TrlOnlineDPOTrainer):
