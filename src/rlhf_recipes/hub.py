@@ -257,7 +257,9 @@ class HubPushMixin:
 
 
 def with_allow_list_push(trainer_class: type) -> type:
-    """`trainer_class` with `HubPushMixin` (for trainers used as TRL ships them)."""
+    """`trainer_class` with `HubPushMixin` (for trainers used as TRL ships them; one that has it already is kept)."""
+    if issubclass(trainer_class, HubPushMixin):
+        return trainer_class
     return type(trainer_class.__name__, (HubPushMixin, trainer_class), {"__module__": trainer_class.__module__})
 
 

@@ -50,6 +50,7 @@ def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, s
                              checkpoints=1, best_of_n=[1, 2], grpo_betas=[0.1], rloo_betas=[0.1], batch_size=4,
                              dpo_betas=[0.1], online_dpo_betas=[0.1], dpo_max_rankings=32)
     points = run_frontier(args)
+    seen = list(seen)  # what the first run judged (the merging runs below judge more)
 
     out = demo / "frontier"
     assert json.loads((out / "frontier.json").read_text()) == points
@@ -86,7 +87,7 @@ def test_frontier_trains_every_method_and_evaluates_all_points_alike(demo_dir, s
 
     # Every judged number, recomputed from the texts the point was judged on against SFT's texts (the point judged
     # at episode 0), by the labeler and the judges directly.
-    (prompts, sft_texts, _), *_ = [entry for entry in seen if entry[2]["episodes"] == 0]
+    (prompts, sft_texts, _), *_ = [entry for entry in seen if entry[2].get("episodes") == 0]
     sft_gold = [labeler_breakdown(p, t)["total"] for p, t in zip(prompts, sft_texts)]
     recomputed = []
     for point_prompts, texts, p in seen:

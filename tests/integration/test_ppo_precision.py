@@ -77,7 +77,8 @@ def test_static_cache_sampler_draws_what_generate_draws(backend, sft_dir, tok, p
     for name in ("generate", backend):
         policy = AutoModelForCausalLM.from_pretrained(str(sft_dir), dtype=torch.float32)
         trainer = make_trainer(tok, prompts, tmp_path / name, policy=policy, response_length=24, temperature=1.0,
-                               generation_backend=name, per_device_train_batch_size=8)
+                               generation_backend=name, per_device_train_batch_size=8,
+                               total_episodes=8)
         trainer._setup(1)
         queries = trainer._prompt_batch(0)
         torch.manual_seed(123)
@@ -136,7 +137,7 @@ def test_bf16_lora_rollout_casts_the_frozen_base_once_and_keeps_it_frozen(sft_di
     policy = load_model(model_args, tok)
     frozen = {n for n, p in policy.named_parameters() if not p.requires_grad}
     trainer = make_trainer(tok, prompts, tmp_path, policy=policy, ref=None, bf16=True, response_length=12,
-                           temperature=1.0, per_device_train_batch_size=8)
+                           temperature=1.0, per_device_train_batch_size=8, total_episodes=8)
     trainer._setup(1)
     queries = trainer._prompt_batch(0)
 

@@ -205,7 +205,7 @@ def assert_close(actual, expected, atol=1e-5, rtol=1e-5):
 # ---------------------------------------------------------------------------------------------------------------------
 def test_first_minibatch_before_any_update_has_ratio_one(tok, prompts, tmp_path, monkeypatch):
     trainer = make_trainer(tok, prompts, tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                           num_mini_batches=2, response_length=8)
+                           num_mini_batches=2, response_length=8, total_episodes=8)
     trainer._setup(1)
     force_eos(monkeypatch, trainer, [2, None, 5, 0, None, 3, 1, None])
     exp = trainer.make_experience(trainer._prompt_batch(0))
