@@ -515,13 +515,18 @@ def _assert_one_paragraph(done: subprocess.CompletedProcess, *needles: str) -> N
         assert needle in error[0], done.stderr
 
 
-def test_push_commands_without_a_token_exit_2_with_one_paragraph(tmp_path):
+def _cli_inputs(tmp_path):
+    """A run folder and a comparisons file to push, and an environment without any token."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")
     comparisons = tmp_path / "comparisons.jsonl"
     write_rankings(comparisons)
-    env = _cli_env(tmp_path)
+    return run, comparisons, _cli_env(tmp_path)
+
+
+def test_push_commands_without_a_token_exit_2_with_one_paragraph(tmp_path):
+    run, comparisons, env = _cli_inputs(tmp_path)
     push = subprocess.run([sys.executable, "-m", "rlhf_recipes.hub", "sft", str(run), "--repo_id", "me/x"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     _assert_one_paragraph(push, "No Hugging Face token", "HF_TOKEN")
@@ -538,12 +543,7 @@ def test_push_commands_without_a_token_exit_2_with_one_paragraph(tmp_path):
 
 
 def test_make_push_and_push_labels_print_one_paragraph(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text("{}")
-    comparisons = tmp_path / "comparisons.jsonl"
-    write_rankings(comparisons)
-    env = _cli_env(tmp_path)
+    run, comparisons, env = _cli_inputs(tmp_path)
     # -o: use the installed environment as it is (never reinstall from a test)
     make = ["make", "--no-print-directory", "-o", ".venv/bin/rlhf-installed"]
     for target in (["push", "STAGE=sft", f"RUN={run}", "ARGS=--repo_id me/x"],
