@@ -68,6 +68,10 @@ $(BIN)/rlhf-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
 	$(MAKE) install
 
 demo: $(BIN)/rlhf-installed
+ifneq ($(DEMO_DIR),runs/demo)
+	@# recipes/demo/*.yaml read and write runs/demo; DEMO_DIR only points other targets at a demo built elsewhere
+	$(error make demo builds runs/demo (recipes/demo/*.yaml name its paths); to build a second demo, run `make demo` in a copy of this repository, as tools/demo_band.py does, and point DEMO_DIR at its runs/demo)
+endif
 	$(DEMO_ENV) $(BIN)/python -m rlhf_recipes.demo.build --output_dir $(DEMO_DIR)
 	$(MAKE) sft MODEL=demo CONFIG= OVERWRITE=1
 	@# the reward model also learns the simulated labeler's rankings of the SFT model's own answers
