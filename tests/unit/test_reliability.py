@@ -274,7 +274,36 @@ def test_every_trainer_checkpoints_atomically_and_stops_on_signals():
     from rlhf_recipes.sft import SFTTrainer
 
     assert all(issubclass(cls, AtomicCheckpointMixin) for cls in (SFTTrainer, RewardTrainer, PPOTrainer))
-    assert "PreemptionCallback" in AtomicCheckpointMixin.__init__.__code__.co_names
+
+
+def test_the_mixin_adds_the_stop_callback_and_restores_signals_when_train_raises(tmp_path, monkeypatch):
+    """What every stage's trainer gets from AtomicCheckpointMixin, on a bare transformers Trainer: the callback that
+    turns SIGTERM/SIGINT into a stop with a checkpoint, and signal handlers that do not outlive a train() that
+    raises (which skips on_train_end)."""
+    from transformers import Trainer, TrainingArguments
+
+    from rlhf_recipes.checkpoints import AtomicCheckpointMixin
+
+    class Broken(Exception):
+        pass
+
+    def train_that_raises(self, *args, **kwargs):
+        self.callback_handler.on_train_begin(self.args, self.state, self.control)  # installs the handlers
+        assert signal.getsignal(signal.SIGTERM) is preemption._handler
+        raise Broken
+
+    monkeypatch.setattr(Trainer, "train", train_that_raises)
+
+    class Stage(AtomicCheckpointMixin, Trainer):
+        pass
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = Stage(model=torch.nn.Linear(2, 1), args=args)
+    assert sum(isinstance(cb, preemption.PreemptionCallback) for cb in trainer.callback_handler.callbacks) == 1
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Broken):
+        trainer.train()
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_write_errors_are_recognised_whatever_their_type_and_bugs_are_not():
