@@ -40,6 +40,24 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "data/reading": ("src/rlhf_recipes/data/reading.py", ["tests/unit/test_data.py"]),
 }
 
+# Tests left out of a target's mutation run: each mutant reruns the tests that reach the mutated function, and these
+# rebuild the demo or start Python processes for seconds per mutant while checking another module's behaviour. They
+# still run in `make test`. target -> {pytest node id (prefix): why}
+DESELECTED: dict[str, dict[str, str]] = {
+    "feedback/store": {
+        "tests/unit/test_label_store.py::test_store_rankings_join_the_demo_reward_split_and_load_as_rankings":
+            "builds a demo (11 s) to check demo.build's join of stored rankings, not the store",
+        "tests/unit/test_label_store.py::test_adding_rankings_refuses_a_missing_file_or_a_bad_row_by_its_line":
+            "runs demo.build --add_rankings in subprocesses (5 s) to check its error messages",
+    },
+    "checkpoints": {
+        "tests/unit/test_reliability.py::test_each_stage_refuses_lengths_beyond_the_context":
+            "builds the demo (18 s) to check the context-length refusal of models.py",
+        "tests/unit/test_reliability.py::test_a_console_run_prints_no_traceback_for_a_user_error":
+            "starts Python (7 s) to check config.run_main's exit",
+    },
+}
+
 # mutmut's name of a surviving mutant -> why no test kills it (equivalent, or deliberately not pinned).
 EXPLAINED: dict[str, str] = {
     "rlhf_recipes.reward.losses.x_ranking_differences__mutmut_10":
@@ -58,13 +76,15 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
 
 
-def _mutmut_section(source: str, tests: list[str]) -> str:
+def _mutmut_section(source: str, tests: list[str], deselect: list[str]) -> str:
     quoted = ", ".join(json.dumps(t) for t in tests)
+    pytest_args = ", ".join(json.dumps(a) for a in ["-p", "no:cacheprovider", "-q",
+                                                      *[f"--deselect={d}" for d in deselect]])
     return ("\n[tool.mutmut]\n"
             'source_paths = ["src"]\n'
             f"only_mutate = [{json.dumps(source)}]\n"
             f"pytest_add_cli_args_test_selection = [{quoted}]\n"
-            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
+            f"pytest_add_cli_args = [{pytest_args}]\n"
             'also_copy = ["recipes"]\n'
             # mutmut's CPU-time limit per mutant is (test time + this) x 30: room for a fork that imports torch
             # again, so that only a mutant that really hangs counts as "timeout" (a kill)
@@ -82,7 +102,7 @@ def prepare(target: str) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for folder in ("src", "tests", "recipes"):
         shutil.copytree(REPO / folder, work / folder, ignore=ignore)
-    (work / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text() + _mutmut_section(source, tests))
+    (work / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text() + _mutmut_section(source, tests, list(DESELECTED.get(target, {}))))
     return work
 
 
@@ -167,6 +187,8 @@ def write_report(results: dict[str, dict]) -> Path:
         lines.append(f"| {r['source']} | {', '.join(r['tests'])} | {killed} | {timeout} | {c.get('survived', 0)} | "
                      f"{c.get('no tests', 0)} | {c.get('not checked', 0)} | {r['total']} | {score} | "
                      f"{wall} ({r['when']}) |")
+    lines += ["", "Tests left out of a target's run (they still run in `make test`):", ""]
+    lines += [f"- {target}: `{test}`: {why}" for target, tests in DESELECTED.items() for test, why in tests.items()]
     for target in TARGETS:
         r = results.get(target)
         if not r or not r["survivors"]:
