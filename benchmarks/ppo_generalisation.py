@@ -124,6 +124,13 @@ VARIANTS: dict[str, dict] = {
     "default-fixedbeta0.3-lr6e-4": {"kl_coef": 0.3, "kl_horizon": 1_000_000_000, "learning_rate": 6.0e-4},
     "default-ent0.04-episodes1024": {"entropy_coef": 0.04, "total_episodes": 1024},
     "default-epochs2-episodes1024": {"num_ppo_epochs": 2, "total_episodes": 1024},
+    # a shorter run keeps diversity, a larger entropy bonus more of it: between the two
+    "default-ent0.03-episodes1024": {"entropy_coef": 0.03, "total_episodes": 1024},
+    "default-ent0.03-episodes1280": {"entropy_coef": 0.03, "total_episodes": 1280},
+    "default-ent0.04-episodes1280": {"entropy_coef": 0.04, "total_episodes": 1280},
+    "default-ent0.04-episodes1536": {"entropy_coef": 0.04, "total_episodes": 1536},
+    "default-ent0.04": {"entropy_coef": 0.04},
+    "default-ent0.05-episodes1536": {"entropy_coef": 0.05, "total_episodes": 1536},
 }
 
 GOAL = {"judge_win": 0.8, "ratio": 0.9, "labeler_win": 0.85}

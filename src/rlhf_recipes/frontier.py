@@ -70,8 +70,9 @@ class FrontierArguments:
         "help": "Use the first N prompts of that split."})
     judges: list[str] = field(default_factory=lambda: ["vader", "afinn"], metadata={"choices": list(JUDGES),
         "help": "Independent judges whose win rate vs SFT every point records (rlhf_recipes.demo.judges)."})
-    episodes: int = field(default=2048, metadata={"range": "[1, inf)",
-        "help": "Episode budget of every training run (= the demo PPO)."})
+    episodes: int | None = field(default=None, metadata={"range": "[1, inf)",
+        "help": "One episode budget for every training run (default: each demo recipe's own: PPO's "
+                "total_episodes; GRPO's, RLOO's and online DPO's max_steps x 32 completions)."})
     checkpoints: int = field(default=8, metadata={"range": "[1, inf)",
         "help": "Checkpoints evaluated along each training run."})
     best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], metadata={"range": "[1, inf)"})
@@ -209,6 +210,17 @@ def run_points(judge: Judge, method: str, run: str, run_dir: Path, start: float,
     return points
 
 
+def recipe_episodes(recipes: Path, method: str) -> int:
+    """A demo recipe's own budget in completions sampled, as the recipe parses it: PPO's `total_episodes`; GRPO's and
+    RLOO's max_steps x per-step batch of completions; online DPO's max_steps x prompts per step x 2."""
+    module = load_recipe_module(recipes / f"{method}.py")
+    _, training_args, _ = parse_recipe_args(module.DATACLASSES, ["--config", str(recipes / f"demo/{method}.yaml")])
+    if method == "ppo":
+        return training_args.total_episodes
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    return training_args.max_steps * per_step * (2 if method == "online_dpo" else 1)
+
+
 def dpo_schedule(recipe: Path, argv: list[str]) -> tuple[int, int]:
     """(optimizer steps, pairs trained on) of a DPO run: the recipe's dataset and pair selection, as it loads them."""
     module = load_recipe_module(recipe)
@@ -270,26 +282,29 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
         seeded = [*common, "--seed", str(seed)]
         if "ppo" in args.methods:
             run_dir = out / f"ppo{folder}"
-            updates = args.episodes // 64  # the demo recipe's update: 32 episodes x 2 minibatches
+            episodes = args.episodes or recipe_episodes(recipes, "ppo")
+            updates = episodes // 64  # the demo recipe's update: 32 episodes x 2 minibatches
             extra = ["--config", str(recipes / "demo/ppo.yaml"), *seeded, "--output_dir", str(run_dir),
-                     "--ptx_dataset", str(demo / "data/ptx/train.jsonl"), "--total_episodes", str(args.episodes),
+                     "--ptx_dataset", str(demo / "data/ptx/train.jsonl"), "--total_episodes", str(episodes),
                      "--save_steps", str(max(1, updates // args.checkpoints)), "--num_sample_generations", "0"]
             start = train_run(recipe_main(recipes / "ppo.py"), extra, run_dir, args.reuse_runs)
-            points += run_points(judge, "ppo", f"ppo (demo recipe){tag}", run_dir, start, args.episodes, seed=seed)
+            points += run_points(judge, "ppo", f"ppo (demo recipe){tag}", run_dir, start, episodes, seed=seed)
         for method, betas in (("grpo", args.grpo_betas), ("rloo", args.rloo_betas)):
             if method not in args.methods:
                 continue
-            steps = args.episodes // 32  # 32 completions (4 prompts x 8) per step in the demo recipes
+            episodes = args.episodes or recipe_episodes(recipes, method)
+            steps = episodes // 32  # 32 completions (4 prompts x 8) per step in the demo recipes
             for beta in betas:
                 run_dir = out / f"{method}-beta{beta:g}{folder}"
                 extra = ["--config", str(recipes / f"demo/{method}.yaml"), *seeded, "--output_dir", str(run_dir),
                          "--beta", str(beta), "--max_steps", str(steps),
                          "--save_steps", str(max(1, steps // args.checkpoints))]
                 start = train_run(recipe_main(recipes / f"{method}.py"), extra, run_dir, args.reuse_runs)
-                points += run_points(judge, method, f"{method} beta={beta:g}{tag}", run_dir, start, args.episodes,
+                points += run_points(judge, method, f"{method} beta={beta:g}{tag}", run_dir, start, episodes,
                                      beta=beta, seed=seed)
         if "online_dpo" in args.methods:
-            steps = args.episodes // 32  # 32 completions (16 prompts x 2) per step in the demo recipe
+            episodes = args.episodes or recipe_episodes(recipes, "online_dpo")
+            steps = episodes // 32  # 32 completions (16 prompts x 2) per step in the demo recipe
             for beta in args.online_dpo_betas:
                 run_dir = out / f"online_dpo-beta{beta:g}{folder}"
                 extra = ["--config", str(recipes / "demo/online_dpo.yaml"), *seeded, "--output_dir", str(run_dir),
@@ -297,7 +312,7 @@ def run_frontier(args: FrontierArguments) -> list[dict[str, Any]]:
                          "--save_steps", str(max(1, steps // args.checkpoints))]
                 start = train_run(recipe_main(recipes / "online_dpo.py"), extra, run_dir, args.reuse_runs)
                 points += run_points(judge, "online_dpo", f"online_dpo beta={beta:g}{tag}", run_dir, start,
-                                     args.episodes, beta=beta, seed=seed)
+                                     episodes, beta=beta, seed=seed)
         if "dpo" in args.methods:
             # The reward model's own training rankings, from the SFT policy; no reward model, no sampling.
             for beta, selection in itertools.product(args.dpo_betas, args.dpo_ranking_pairs):

@@ -129,3 +129,25 @@ def test_time_to_threshold_and_summary_compare_ppo_with_grpo_at_equal_kl():
               if p["method"] == "ppo"]
     seeded[-1] = {**seeded[-1], "kl": 5.0, "gold_score": 0.5, "gold_win_rate": 0.6}
     assert "- ppo, mean of 2 seeds at the end: KL 4.00, labeler score 0.680, win rate 0.750" in summary_lines(seeded)
+
+
+def test_each_method_runs_its_demo_recipes_budget_unless_one_is_given(tmp_path):
+    """The frontier's PPO is the demo's PPO: without --episodes each run takes its recipe's own budget, read as the
+    recipe parses it (a YAML edited to another budget moves the frontier with it)."""
+    import shutil
+
+    import yaml
+
+    from rlhf_recipes.frontier import recipe_episodes
+
+    recipes = tmp_path / "recipes"
+    shutil.copytree(REPO / "recipes", recipes)
+    ppo_yaml = recipes / "demo/ppo.yaml"
+    ppo = yaml.safe_load(ppo_yaml.read_text())
+    assert recipe_episodes(recipes, "ppo") == ppo["total_episodes"]
+    ppo_yaml.write_text(ppo_yaml.read_text().replace(f"total_episodes: {ppo['total_episodes']}",
+                                                     "total_episodes: 640"))
+    assert recipe_episodes(recipes, "ppo") == 640
+    for method, completions_per_step in (("grpo", 32), ("rloo", 32), ("online_dpo", 16 * 2)):
+        config = yaml.safe_load((recipes / f"demo/{method}.yaml").read_text())
+        assert recipe_episodes(recipes, method) == config["max_steps"] * completions_per_step
