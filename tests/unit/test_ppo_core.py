@@ -427,8 +427,8 @@ def test_chunked_logprobs_forward_and_gradient_match_plain_log_softmax(monkeypat
 
 
 class _Float32Temporaries(TorchDispatchMode):
-    """Records the rows of every float32 ``[rows, V]`` tensor that any op (forward or backward) creates, and apart
-    the rows of the upcasts (bf16 -> fp32 copies) among them."""
+    """Records the rows of every float32 ``[rows, V]`` tensor that any op (forward or backward) creates, and
+    separately the rows of the upcasts (bf16 -> fp32 copies) among them."""
 
     def __init__(self, vocab: int) -> None:
         super().__init__()
