@@ -70,6 +70,78 @@ EXPLAINED: dict[str, str] = {
         "as x_ranking_differences__mutmut_17: the mask on the default device is the same tensor on CPU; on a GPU the "
         "first `&` with the CUDA triangle raises.",
     "rlhf_recipes.reward.losses.x_group_rewards__mutmut_24": "as x_group_rewards__mutmut_20 (device argument left out).",
+    # ppo/core: the chunked log-softmax. The chunk size only bounds memory; the tests pin it (rows per chunk, each
+    # position once) with a dispatch-mode recorder, so what survives here never changes a chunk.
+    "rlhf_recipes.ppo.core.x__chunks__mutmut_12":
+        "equivalent: max(2, vocab) differs from max(1, vocab) only for a one-token vocabulary, where it halves the "
+        "chunk (same numbers).",
+    "rlhf_recipes.ppo.core.x__chunks__mutmut_19":
+        "equivalent: callers read only the range's .step, never its start.",
+    "rlhf_recipes.ppo.core.xǁ_ChunkedLogProbsǁforward__mutmut_16":
+        "equivalent: _chunks' first argument sets only the range's stop, which no caller reads (only .step).",
+    "rlhf_recipes.ppo.core.xǁ_ChunkedLogProbsǁbackward__mutmut_10":
+        "as forward__mutmut_16 (the unread stop of _chunks' range).",
+    "rlhf_recipes.ppo.core.x_entropy_from_logits__mutmut_22":
+        "as _ChunkedLogProbs.forward__mutmut_16 (the unread stop of _chunks' range).",
+    "rlhf_recipes.ppo.core.xǁ_ChunkedLogProbsǁforward__mutmut_17":
+        "equivalent: the Function's logits are always 2-D [N, V] (logprobs_from_logits flattens them), so shape[+1] "
+        "is shape[-1].",
+    "rlhf_recipes.ppo.core.xǁ_ChunkedLogProbsǁbackward__mutmut_11":
+        "as forward__mutmut_17 (2-D logits: shape[+1] is shape[-1]).",
+    "rlhf_recipes.ppo.core.xǁ_ChunkedLogProbsǁforward__mutmut_40":
+        "equivalent: each chunk z is 2-D [rows, V], so dim=+1 is dim=-1.",
+    "rlhf_recipes.ppo.core.xǁ_ChunkedLogProbsǁforward__mutmut_49":
+        "as forward__mutmut_40 (2-D chunk: dim=+1 is dim=-1).",
+    "rlhf_recipes.ppo.core.xǁ_ChunkedLogProbsǁforward__mutmut_51":
+        "as forward__mutmut_40 (the gathered chunk is 2-D [rows, 1]: squeeze(+1) is squeeze(-1)).",
+    "rlhf_recipes.ppo.core.xǁ_ChunkedLogProbsǁbackward__mutmut_42":
+        "as forward__mutmut_40 (2-D chunk: scatter along dim +1 is along dim -1).",
+    "rlhf_recipes.ppo.core.x_entropy_from_logits__mutmut_42":
+        "as _ChunkedLogProbs.forward__mutmut_40 (2-D chunk: dim=+1 is dim=-1).",
+    "rlhf_recipes.ppo.core.x_entropy_from_logits__mutmut_50":
+        "as _ChunkedLogProbs.forward__mutmut_40 (2-D chunk: dim=+1 is dim=-1).",
+    "rlhf_recipes.ppo.core.x_entropy_from_logits__mutmut_52":
+        "as _ChunkedLogProbs.forward__mutmut_40 (2-D chunk: dim=+1 is dim=-1).",
+    "rlhf_recipes.ppo.core.xǁ_ChunkedLogProbsǁbackward__mutmut_45":
+        "equivalent: chunk.to(None) returns the chunk, and assigning it into grad_logits casts it to the logits' "
+        "dtype just as .to(logits.dtype) does (the bf16 gradient test checks the dtype).",
+    # ppo/core: per-token [B, T] tensors are 2-D by contract (module docstring), so dim 1 is the last dim.
+    "rlhf_recipes.ppo.core.x_per_token_rewards__mutmut_14":
+        "equivalent: mask is [B, T] by contract, so sum(dim=+1) is sum(dim=-1).",
+    "rlhf_recipes.ppo.core.x_compute_gae__mutmut_22":
+        "equivalent: rewards is [B, T] by contract, so size(+1) is size(-1).",
+    "rlhf_recipes.ppo.core.x_truncate_after_stop_token__mutmut_17":
+        "equivalent: responses is [B, T] by contract, so size(+1) is size(-1).",
+    "rlhf_recipes.ppo.core.x_truncate_after_stop_token__mutmut_5":
+        "equivalent: first_true_indices of [B, T] is 1-D [B], so unsqueeze(+1) is unsqueeze(-1).",
+    "rlhf_recipes.ppo.core.x_truncate_after_stop_token__mutmut_10":
+        "equivalent: positions [T] broadcast against stop_idx [B, 1] to the same [B, T] comparison as [1, T].",
+    # ppo/core: the rest compute the same numbers by another route.
+    "rlhf_recipes.ppo.core.x_masked_mean__mutmut_11":
+        "equivalent: Tensor.sum(None) sums every element, as sum() does.",
+    "rlhf_recipes.ppo.core.x_masked_mean__mutmut_16":
+        "equivalent: Tensor.sum(None) sums every element, as sum() does.",
+    "rlhf_recipes.ppo.core.x_compute_gae__mutmut_19":
+        "equivalent: multiplying by the bool mask gives the same numbers and dtype as by its 0/1 float copy.",
+    "rlhf_recipes.ppo.core.x_per_token_rewards__mutmut_23":
+        "equivalent: a CPU index tensor is accepted for a tensor on any device (torch copies it over; the mutant "
+        "passes test_results_stay_on_the_input_device on the meta device), so the batch index's device "
+        "does not matter.",
+    "rlhf_recipes.ppo.core.x_per_token_rewards__mutmut_25":
+        "as per_token_rewards__mutmut_23 (device argument left out).",
+    "rlhf_recipes.ppo.core.x_per_token_rewards__mutmut_37":
+        "not pinned: the score is added into the kl-dtype rewards either way; it differs only when scores are wider "
+        "than kl (e.g. float64 scores, float32 kl), by one rounding of that addition. In the trainer kl is float32 "
+        "(logprobs_from_logits) and scores are float32 or bf16, where both are exact.",
+    "rlhf_recipes.ppo.core.x_per_token_rewards__mutmut_39":
+        "equivalent: torch.where promotes the zeros to the scores' dtype, and 0 is exact in every dtype.",
+    "rlhf_recipes.ppo.core.x_per_token_rewards__mutmut_41":
+        "as per_token_rewards__mutmut_39 (dtype argument left out).",
+    "rlhf_recipes.ppo.core.x_policy_loss__mutmut_47":
+        "equivalent in value: masked_mean of the bool tensor is the same fraction (integer sum over integer count); "
+        "only the dtype of this logged statistic becomes float32 when logprobs are not float32.",
+    "rlhf_recipes.ppo.core.x_value_loss__mutmut_35":
+        "as policy_loss__mutmut_47 (the logged clip fraction of a bool tensor).",
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

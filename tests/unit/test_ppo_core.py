@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode  # records the ops inside forward and backward
 
 from rlhf_recipes.ppo.core import (
     AdaptiveKLController,
@@ -70,6 +71,15 @@ def test_masked_whiten_ignores_masked_positions():
     assert torch.isfinite(out_b).all()
 
 
+def test_masked_whiten_constant_input_stays_finite():
+    # All equal (e.g. every advantage the same): variance 0, so x - mu = 0 and the eps under the root keeps the
+    # scale 1 / sqrt(0 + 1e-8) finite: 0 everywhere, or the mean 3 back with shift_mean=False (no NaN).
+    x = torch.tensor([[3.0, 3.0, 3.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    assert masked_whiten(x, mask).tolist() == [[0.0, 0.0, 0.0, 0.0]]
+    assert masked_whiten(x, mask, shift_mean=False).tolist() == [[3.0, 3.0, 3.0, 0.0]]
+
+
 # --- logprobs and entropy --------------------------------------------------------------------------------------------
 
 
@@ -111,6 +121,9 @@ def test_first_true_indices():
     assert out.tolist() == [1, 4, 0]  # no True -> row length 4
     assert out.dtype == torch.long
     assert first_true_indices(bools, dtype=torch.int32).dtype == torch.int32
+    # The last dim is the row, whatever the rank: one row (1-D) or a batch of batches (3-D).
+    assert first_true_indices(torch.tensor([False, False, True, True])).tolist() == 2
+    assert first_true_indices(torch.stack([bools, bools.flip(-1)])).tolist() == [[1, 4, 0], [0, 4, 3]]
 
 
 def test_truncate_after_stop_token():
@@ -168,7 +181,10 @@ def test_short_response_penalty_hand_values():
     lengths = torch.tensor([0, 3, 8, 12, 20])
     # min_length 8, coef 2: 2 * (8 - L) / 8 below 8 tokens, nothing from 8 on
     close(short_response_penalty(lengths, 8, 2.0), [2.0, 1.25, 0.0, 0.0, 0.0])
-    close(short_response_penalty(lengths, 0, 2.0), [0.0] * 5)  # off
+    # min_length 1 penalises only the empty response: 2 * (1 - 0) / 1 = 2
+    close(short_response_penalty(lengths, 1, 2.0), [2.0, 0.0, 0.0, 0.0, 0.0])
+    off = short_response_penalty(lengths, 0, 2.0)
+    assert off.tolist() == [0.0] * 5 and off.dtype == torch.float32  # off: float zeros like the penalty, not int
 
 
 def test_per_token_rewards_sum_is_score_minus_beta_kl():
@@ -181,6 +197,16 @@ def test_per_token_rewards_sum_is_score_minus_beta_kl():
     expected = scores - beta * (kl * mask).sum(dim=1)
     torch.testing.assert_close(rewards.sum(dim=1), expected)
     assert (rewards[~mask] == 0).all()
+
+
+def test_per_token_rewards_empty_row_gets_nothing():
+    # Row 1 has no real token: its score has nowhere to go, so the row is all 0 (not the score at t=0).
+    scores = torch.tensor([1.0, 5.0])
+    kl = torch.tensor([[0.2, 0.4], [3.0, 3.0]])
+    mask = torch.tensor([[1, 0], [0, 0]])
+    rewards, non_score = per_token_rewards(scores, kl, 0.5, mask)
+    close(rewards, [[0.9, 0.0], [0.0, 0.0]])  # -0.5 * 0.2 + 1
+    close(non_score, [[-0.1, 0.0], [0.0, 0.0]])
 
 
 # --- GAE -------------------------------------------------------------------------------------------------------------
@@ -226,6 +252,15 @@ def test_compute_gae_padded_row_matches_unpadded():
     # Row 0 is unaffected by row 1 being padded.
     adv_row0, _ = compute_gae(rewards[:1], values[:1], mask[:1], 1.0, 0.95)
     torch.testing.assert_close(adv[0], adv_row0[0])
+
+
+def test_compute_gae_one_token_responses():
+    # T = 1: no next value, A = R - V = 2 - 0.5 = 1.5, return 2; the empty row 1 gets 0 and 0.
+    adv, ret = compute_gae(
+        torch.tensor([[2.0], [4.0]]), torch.tensor([[0.5], [1.0]]), torch.tensor([[1], [0]]), 0.9, 0.95
+    )
+    close(adv, [[1.5], [0.0]])
+    close(ret, [[2.0], [0.0]])
 
 
 # --- PPO losses ------------------------------------------------------------------------------------------------------
@@ -286,6 +321,16 @@ def test_value_loss_hand_values():
     close(clipfrac, 0.5)
 
 
+def test_value_loss_clips_a_drop_below_the_old_value():
+    # V fell from V_old = 1.0 to 0.5 with c = 0.2 and R = 0: V_clip = 1.0 - 0.2 = 0.8; (0.5 - 0)^2 = 0.25,
+    # (0.8 - 0)^2 = 0.64 -> the clipped term wins: loss 0.5 * 0.64 = 0.32, clipfrac 1.
+    loss, clipfrac = value_loss(
+        torch.tensor([[0.5]]), torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.ones(1, 1), 0.2
+    )
+    close(loss, 0.32)
+    close(clipfrac, 1.0)
+
+
 def test_value_loss_no_clip_when_inside_range():
     # V = 1.1, V_old = 1.0, R = 0: V_clip = V -> 0.5 * 1.21 = 0.605.
     loss, clipfrac = value_loss(
@@ -333,6 +378,12 @@ def test_kl_controller_state_dict_round_trip():
     ctl.update(12.0, 256)
     assert fresh.value == ctl.value
 
+    # A fixed controller's state (only "value"), e.g. resuming with target_kl newly set: keeps the configured
+    # target and horizon.
+    adaptive = AdaptiveKLController(0.2, 6.0, 10000)
+    adaptive.load_state_dict(FixedKLController(0.3).state_dict())
+    assert (adaptive.value, adaptive.target, adaptive.horizon) == (0.3, 6.0, 10000)
+
     fixed = FixedKLController(0.05)
     other = FixedKLController(0.0)
     other.load_state_dict(fixed.state_dict())
@@ -373,3 +424,97 @@ def test_chunked_logprobs_forward_and_gradient_match_plain_log_softmax(monkeypat
     entropy = entropy_from_logits(logits.detach(), temperature=tau)
     p = torch.softmax(logits.detach() / tau, -1)
     torch.testing.assert_close(entropy, -(p * torch.log(p)).sum(-1))
+
+
+class _Float32Temporaries(TorchDispatchMode):
+    """Records the rows of every float32 ``[rows, V]`` tensor that any op (forward or backward) creates, and
+    separately the rows of the upcasts (bf16 -> fp32 copies) among them."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.rows: list[int] = []
+        self.upcast_rows: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (
+            isinstance(out, torch.Tensor)
+            and out.dtype == torch.float32
+            and out.dim() >= 2
+            and out.shape[-1] == self.vocab
+        ):
+            self.rows.append(out.numel() // self.vocab)
+            if func is torch.ops.aten._to_copy.default:
+                self.upcast_rows.append(out.numel() // self.vocab)
+        return out
+
+
+@pytest.mark.parametrize(
+    ("chunk_elements", "rows_per_chunk"),
+    [(48, 3), (8, 1), (2**24, 10)],  # 48 // 16 = 3 rows: 3 + 3 + 3 + 1; a budget under V: one row; all 10 rows at once
+)
+def test_chunked_logprobs_and_entropy_hold_one_chunk_in_float32(monkeypatch, chunk_elements, rows_per_chunk):
+    # The memory claim of logprobs_from_logits / entropy_from_logits: bf16 [B, T, V] logits are upcast one chunk of
+    # LOGSOFTMAX_CHUNK_ELEMENTS // V positions at a time, in the forward and in the backward, and each chunk uses the
+    # whole budget (a position-at-a-time loop would be a kernel launch per token), each position once per pass. The
+    # numbers match a plain fp32 log_softmax of the same logits, also when the chunk size does not divide B * T = 10.
+    import rlhf_recipes.ppo.core as core_module
+
+    monkeypatch.setattr(core_module, "LOGSOFTMAX_CHUNK_ELEMENTS", chunk_elements)
+    vocab, tau = 16, 0.7
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(2, 5, vocab, generator=g) * 3).bfloat16().requires_grad_()
+    tokens = torch.randint(0, vocab, (2, 5), generator=g)
+    weights = torch.randn(2, 5, generator=g)
+
+    with _Float32Temporaries(vocab) as forward:
+        out = logprobs_from_logits(logits, tokens, temperature=tau)
+    with _Float32Temporaries(vocab) as backward:
+        (grad,) = torch.autograd.grad((out * weights).sum(), logits)
+    with _Float32Temporaries(vocab) as entropy_pass, torch.no_grad():
+        entropy = entropy_from_logits(logits, temperature=tau)
+    for recorded in (forward, backward, entropy_pass):
+        assert max(recorded.rows) == rows_per_chunk
+        assert sum(recorded.upcast_rows) == 10  # each position upcast once per pass: the chunks do not overlap
+
+    z = logits.detach().float().requires_grad_()
+    plain = torch.log_softmax(z / tau, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    (expected_grad,) = torch.autograd.grad((plain * weights).sum(), z)
+    torch.testing.assert_close(out, plain.detach())
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.float(), expected_grad.bfloat16().float())
+    p = torch.softmax(z.detach() / tau, dim=-1)
+    torch.testing.assert_close(entropy, -(p * torch.log(p)).sum(-1))
+
+
+def test_logprobs_and_entropy_are_float32_whatever_the_default_dtype():
+    logits = torch.tensor([[[0.0, math.log(3.0)]]])  # probabilities [0.25, 0.75]
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        logprobs = logprobs_from_logits(logits, torch.tensor([[1]]))
+        entropy = entropy_from_logits(logits)
+    finally:
+        torch.set_default_dtype(default)
+    assert logprobs.dtype == torch.float32 and entropy.dtype == torch.float32
+    close(logprobs, [[math.log(0.75)]])
+    close(entropy, [[0.562335]])
+
+
+def test_results_stay_on_the_input_device():
+    # On the meta device (shapes only, no data) a tensor made on the default device instead of the input's raises or
+    # comes back on the CPU, as it would on a GPU.
+    meta = torch.device("meta")
+    logits = torch.empty(2, 3, 5, device=meta, requires_grad=True)
+    tokens = torch.empty(2, 3, dtype=torch.long, device=meta)
+    logprobs = logprobs_from_logits(logits, tokens)
+    (grad,) = torch.autograd.grad(logprobs.sum(), logits)
+    assert logprobs.device == meta and grad.device == meta
+    assert entropy_from_logits(logits.detach()).device == meta
+    responses = torch.empty(2, 3, dtype=torch.long, device=meta)
+    assert first_true_indices(responses == 2).device == meta
+    assert truncate_after_stop_token(responses, 2, 0).device == meta
+    mask = torch.empty(2, 3, dtype=torch.bool, device=meta)
+    rewards, non_score = per_token_rewards(torch.empty(2, device=meta), torch.empty(2, 3, device=meta), 0.1, mask)
+    assert rewards.device == meta and non_score.device == meta
