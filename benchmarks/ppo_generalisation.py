@@ -10,7 +10,7 @@ Each variant is `recipes/demo/ppo.yaml` (the demo default, whatever it is now) p
 `python recipes/ppo.py ...` on `--demo_dir`'s SFT model, reward model and prompts (same 2048-episode budget unless a
 variant says otherwise), then `recipes/evaluate.py` with the sentiment judges on `data/heldout/prompts.jsonl` (256
 prompts) and on the prompts' test split (64). Results accumulate in `--results` (`.json`, one record per variant and
-seed, a rerun replaces its record) and are rendered to the `.md` beside it, with the goal check of issue 15 item 4:
+seed, a rerun replaces its record) and are rendered to the `.md` beside it, with the goal check set before the sweep:
 on held-out prompts, both judges' win rate vs SFT >= 0.8, distinct-2 and mean words >= 0.9x SFT's, labeler win rate
 vs SFT >= 0.85.
 
@@ -39,9 +39,12 @@ from rlhf_recipes.evaluation_metrics import markdown_table  # noqa: E402
 # changed.
 BEFORE = {"kl_coef": 0.2, "target_kl": 6.0, "kl_horizon": 1024, "ptx_coef": 0.1, "learning_rate": 3.0e-4,
           "missing_eos_penalty": 1.0, "num_ppo_epochs": 4, "entropy_coef": 0.0, "min_response_length": 0}
+# The default from the reward model on SFT's own answers (@sftrm) until the frontier of judge win and diversity
+# chose another ("chosen"): rows named "default..." are relative to it.
+EARLIER = {"entropy_coef": 0.02, "total_episodes": 2048}
 VARIANTS: dict[str, dict] = {
     "before": BEFORE,
-    "default": {},
+    "default": EARLIER,
     # first round: one knob at a time from "before"
     "lr1e-4": {**BEFORE, "learning_rate": 1.0e-4},
     "ptx0.5": {**BEFORE, "ptx_coef": 0.5},
@@ -82,60 +85,60 @@ VARIANTS: dict[str, dict] = {
                                                 "target_kl": 15.0, "entropy_coef": 0.05, "min_response_length": 12},
     "eos0-beta0.05-ent0.035-minlen12": {**BEFORE, "missing_eos_penalty": 0.0, "kl_coef": 0.05,
                                         "entropy_coef": 0.035, "min_response_length": 12},
-    # around the chosen default (recipes/demo/ppo.yaml now): gentler updates, more KL for the entropy bonus
-    "default-epochs2": {"num_ppo_epochs": 2},
-    "default-clip0.1": {"cliprange": 0.1},
-    "default-beta0.03-ent0.03": {"kl_coef": 0.03, "entropy_coef": 0.03},
-    "default-k3": {"kl_estimator": "k3"},
-    "default-clip0.1-beta0.03": {"cliprange": 0.1, "kl_coef": 0.03},
-    "default-ent0.01": {"entropy_coef": 0.01},
-    "default-k3-ent0.05": {"kl_estimator": "k3", "entropy_coef": 0.05},
-    "default-k3-ent0.08": {"kl_estimator": "k3", "entropy_coef": 0.08},
+    # around the default of the time (EARLIER): gentler updates, more KL for the entropy bonus
+    "default-epochs2": {**EARLIER, "num_ppo_epochs": 2},
+    "default-clip0.1": {**EARLIER, "cliprange": 0.1},
+    "default-beta0.03-ent0.03": {**EARLIER, "kl_coef": 0.03, "entropy_coef": 0.03},
+    "default-k3": {**EARLIER, "kl_estimator": "k3"},
+    "default-clip0.1-beta0.03": {**EARLIER, "cliprange": 0.1, "kl_coef": 0.03},
+    "default-ent0.01": {**EARLIER, "entropy_coef": 0.01},
+    "default-k3-ent0.05": {**EARLIER, "kl_estimator": "k3", "entropy_coef": 0.05},
+    "default-k3-ent0.08": {**EARLIER, "kl_estimator": "k3", "entropy_coef": 0.08},
     # more distinct PPO prompts (each episode a new one) instead of the demo's 1024 seen twice
-    "default-prompts2048": {"num_train_prompts": 2048},
+    "default-prompts2048": {**EARLIER, "num_train_prompts": 2048},
     "ptx0.5-eos0-beta0.05-ent0.05-minlen12": {**BEFORE, "ptx_coef": 0.5, "missing_eos_penalty": 0.0, "kl_coef": 0.05,
                                               "entropy_coef": 0.05, "min_response_length": 12},
     # with the reward model that also learned rankings of SFT's own samples (the judges' win has room to spare):
     # spend it on diversity
-    "default-ent0.05": {"entropy_coef": 0.05},
-    "default-ent0.035": {"entropy_coef": 0.035},
-    "default-beta0.1": {"kl_coef": 0.1},
-    "default-beta0.1-ent0.035": {"kl_coef": 0.1, "entropy_coef": 0.035},
-    "default-target3": {"target_kl": 3.0},
-    "default-ptx0.5": {"ptx_coef": 0.5},
+    "default-ent0.05": {**EARLIER, "entropy_coef": 0.05},
+    "default-ent0.035": {**EARLIER, "entropy_coef": 0.035},
+    "default-beta0.1": {**EARLIER, "kl_coef": 0.1},
+    "default-beta0.1-ent0.035": {**EARLIER, "kl_coef": 0.1, "entropy_coef": 0.035},
+    "default-target3": {**EARLIER, "target_kl": 3.0},
+    "default-ptx0.5": {**EARLIER, "ptx_coef": 0.5},
     # the KL-regularised optimum pi_SFT * exp(r / beta) is near-argmax (collapsed) for a small beta: a fixed,
     # larger beta
-    "default-fixedbeta0.3": {"kl_coef": 0.3, "kl_horizon": 1_000_000_000},
-    "default-fixedbeta0.5": {"kl_coef": 0.5, "kl_horizon": 1_000_000_000},
-    "default-fixedbeta0.3-lr6e-4": {"kl_coef": 0.3, "kl_horizon": 1_000_000_000, "learning_rate": 6.0e-4},
-    "default-fixedbeta0.2-ent0": {"kl_coef": 0.2, "kl_horizon": 1_000_000_000, "entropy_coef": 0.0},
-    "default-fixedbeta0.4": {"kl_coef": 0.4, "kl_horizon": 1_000_000_000},
-    "default-fixedbeta0.3-ent0.035": {"kl_coef": 0.3, "kl_horizon": 1_000_000_000, "entropy_coef": 0.035},
-    # issue 26 item 5: the default on the frontier of (judge win, diversity). The 2048-episode run's checkpoint at
+    "default-fixedbeta0.3": {**EARLIER, "kl_coef": 0.3, "kl_horizon": 1_000_000_000},
+    "default-fixedbeta0.5": {**EARLIER, "kl_coef": 0.5, "kl_horizon": 1_000_000_000},
+    "default-fixedbeta0.3-lr6e-4": {**EARLIER, "kl_coef": 0.3, "kl_horizon": 1_000_000_000, "learning_rate": 6.0e-4},
+    "default-fixedbeta0.2-ent0": {**EARLIER, "kl_coef": 0.2, "kl_horizon": 1_000_000_000, "entropy_coef": 0.0},
+    "default-fixedbeta0.4": {**EARLIER, "kl_coef": 0.4, "kl_horizon": 1_000_000_000},
+    "default-fixedbeta0.3-ent0.035": {**EARLIER, "kl_coef": 0.3, "kl_horizon": 1_000_000_000, "entropy_coef": 0.035},
+    # the default on the frontier of (judge win, diversity). The 2048-episode run's checkpoint at
     # 1024 episodes already had both judges >= 0.8 at 0.86x SFT's distinct-2 (docs/frontier/frontier.json): stop
     # earlier, or hold the policy nearer SFT for the whole run
-    "default-episodes1024": {"total_episodes": 1024},
-    "default-episodes1280": {"total_episodes": 1280},
-    "default-episodes1536": {"total_episodes": 1536},
-    "default-target3": {"target_kl": 3.0},
-    "default-target4": {"target_kl": 4.0},
-    "default-fixedbeta0.2": {"kl_coef": 0.2, "kl_horizon": 1_000_000_000},
-    "default-fixedbeta0.3-episodes3072": {"kl_coef": 0.3, "kl_horizon": 1_000_000_000, "total_episodes": 3072},
-    "default-fixedbeta0.3-lr6e-4": {"kl_coef": 0.3, "kl_horizon": 1_000_000_000, "learning_rate": 6.0e-4},
-    "default-ent0.04-episodes1024": {"entropy_coef": 0.04, "total_episodes": 1024},
-    "default-epochs2-episodes1024": {"num_ppo_epochs": 2, "total_episodes": 1024},
+    "default-episodes1024": {**EARLIER, "total_episodes": 1024},
+    "default-episodes1280": {**EARLIER, "total_episodes": 1280},
+    "default-episodes1536": {**EARLIER, "total_episodes": 1536},
+    "default-target4": {**EARLIER, "target_kl": 4.0},
+    "default-fixedbeta0.2": {**EARLIER, "kl_coef": 0.2, "kl_horizon": 1_000_000_000},
+    "default-fixedbeta0.3-episodes3072": {**EARLIER, "kl_coef": 0.3, "kl_horizon": 1_000_000_000, "total_episodes": 3072},
+    "default-ent0.04-episodes1024": {**EARLIER, "entropy_coef": 0.04, "total_episodes": 1024},
+    "default-epochs2-episodes1024": {**EARLIER, "num_ppo_epochs": 2, "total_episodes": 1024},
     # a shorter run keeps diversity, a larger entropy bonus more of it: between the two
-    "default-ent0.03-episodes1024": {"entropy_coef": 0.03, "total_episodes": 1024},
-    "default-ent0.03-episodes1280": {"entropy_coef": 0.03, "total_episodes": 1280},
-    "default-ent0.04-episodes1280": {"entropy_coef": 0.04, "total_episodes": 1280},
-    "default-ent0.04-episodes1536": {"entropy_coef": 0.04, "total_episodes": 1536},
-    "default-ent0.04": {"entropy_coef": 0.04},
-    "default-ent0.05-episodes1536": {"entropy_coef": 0.05, "total_episodes": 1536},
+    "default-ent0.03-episodes1024": {**EARLIER, "entropy_coef": 0.03, "total_episodes": 1024},
+    "default-ent0.03-episodes1280": {**EARLIER, "entropy_coef": 0.03, "total_episodes": 1280},
+    "default-ent0.04-episodes1280": {**EARLIER, "entropy_coef": 0.04, "total_episodes": 1280},
+    "default-ent0.04-episodes1536": {**EARLIER, "entropy_coef": 0.04, "total_episodes": 1536},
+    "default-ent0.04": {**EARLIER, "entropy_coef": 0.04},
+    "default-ent0.05-episodes1536": {**EARLIER, "entropy_coef": 0.05, "total_episodes": 1536},
+    # the default chosen from the rows above: recipes/demo/ppo.yaml as it is now
+    "chosen": {},
 }
 
 GOAL = {"judge_win": 0.8, "ratio": 0.9, "labeler_win": 0.85}
 JUDGES = ("vader", "afinn")
-# Issue 26 item 5: both judges >= 0.8 at no less diversity than best-of-16 picked by the gold labeler itself
+# The frontier goal: both judges >= 0.8 at no less diversity than best-of-16 picked by the gold labeler itself
 CEILING = REPO / "benchmarks/results/best-of-n-ceiling.json"
 
 
@@ -248,8 +251,8 @@ def render(records: list[dict]) -> str:
         "on the 256 held-out openings that no stage trained on (`data/heldout/prompts.jsonl`) against SFT: win "
         "rates per prompt, ties half (`rlhf_recipes.demo.judges`); distinct-2 and mean words as a multiple of "
         "SFT's; KL to SFT on the held-out samples. `test:` columns are the PPO test split (64 prompts). Goal "
-        f"(issue 15 item 4): both judges >= {GOAL['judge_win']}, distinct-2 and words >= {GOAL['ratio']}x SFT, "
-        f"labeler win >= {GOAL['labeler_win']} (held-out). Frontier goal (issue 26 item 5): both judges >= "
+        f"(set before the sweep): both judges >= {GOAL['judge_win']}, distinct-2 and words >= {GOAL['ratio']}x SFT, "
+        f"labeler win >= {GOAL['labeler_win']} (held-out). Frontier goal (the default's, chosen later): both judges >= "
         f"{GOAL['judge_win']} with distinct-2 >= {ratio:.3g}x SFT, the gold best-of-16 point of "
         "`benchmarks/best_of_n_ceiling.py` (best-of-n-ceiling.json).", "",
         "Rows without `@labelerfix` ran on the demo as built before the simulated labeler stopped counting \"love\" "
@@ -257,7 +260,8 @@ def render(records: list[dict]) -> str:
         "with the fixed labeler (new ranked comparisons, reward model retrained with `recipes/demo/reward.yaml`). "
         "The `before` flags pin the PPO settings the demo shipped with before this study (`entropy_coef` and "
         "`min_response_length` did not exist, i.e. were 0, in the rows recorded before the YAML changed); rows named "
-        "`default` are relative to the chosen default, the YAML as it is now. `@sftrm` rows ran on the demo as "
+        "`default` are relative to the default of their time (`EARLIER`: entropy bonus 0.02 over 2048 episodes, "
+        "shown in their flags); `chosen` is the YAML as it is now. `@sftrm` rows ran on the demo as "
         "`make demo` builds it now: its reward model also learned the simulated labeler's rankings of 1500 x 4 "
         "answers of the SFT model (`recipes/demo/sample_sft.yaml`, `demo.build --add_rankings`), as InstructGPT's "
         "did; `--demo_dir runs/demo --tag @sftrm` after `make demo` reproduces them. PPO runs in fp32 here; `make "
