@@ -210,12 +210,34 @@ def collect(target: str, wall: float | None, max_children: int | None = None) ->
         status = STATUS.get(code, "suspicious")
         counts[status] = counts.get(status, 0) + 1
         if status in ("survived", "no tests", "suspicious"):
-            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, env=_env(),
-                                  capture_output=True, text=True).stdout
-            survivors.append({"name": name, "status": status, "diff": _diff_lines(diff)})
+            survivors.append({"name": name, "status": status})
+    diffs = _diffs(work, source, [s["name"] for s in survivors])
+    for survivor in survivors:
+        survivor["diff"] = _diff_lines(diffs[survivor["name"]])
     return {"target": target, "source": source, "tests": tests, "total": len(codes), "counts": counts,
             "survivors": survivors, "wall_s": None if wall is None else round(wall),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "max_children": max_children}
+
+
+# What `mutmut show NAME` prints, for many mutants in one process (a `mutmut show` each costs seconds of start-up)
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+names, path = json.load(sys.stdin)
+json.dump({name: get_diff_for_mutant(name, path=path) for name in names}, sys.stdout)
+"""
+
+
+def _diffs(work: Path, source: str, names: list[str]) -> dict[str, str]:
+    if not names:
+        return {}
+    run = subprocess.run([sys.executable, "-c", _DIFFS], cwd=work, env=_env(), input=json.dumps([names, source]),
+                         capture_output=True, text=True)
+    if run.returncode == 0:
+        return json.loads(run.stdout)
+    # another mutmut version's internals: one `mutmut show` per mutant
+    return {name: subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, env=_env(),
+                                 capture_output=True, text=True).stdout for name in names}
 
 
 def _diff_lines(diff: str) -> list[str]:
