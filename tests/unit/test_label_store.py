@@ -473,6 +473,11 @@ def test_refusals_name_the_input_and_the_fix(samples, tmp_path):
             store.submit("ann", None, ranking, flags, token=token, ties=[[0, 1]] if "not both" in message else None)
         assert str(err.value).startswith(message), (ranking, flags, str(err.value))
     assert str(_refusal(store.submit, "ann", "nope", "0,1,2,3")).startswith("unknown item 'nope'; ask /next_item")
+    # a refused input is echoed up to 40 characters of its repr, then cut
+    assert str(_refusal(store.submit, "ann", "x" * 38, "0,1,2,3")).startswith(f"unknown item {'x' * 38!r}; ask")
+    assert str(_refusal(store.submit, "ann", "x" * 39, "0,1,2,3")).startswith(
+        "unknown item '" + "x" * 39 + "... (41 characters); ask")
+    assert len(str(_refusal(store.submit, "ann", "x" * 10**5, "0,1,2,3"))) < 120
     assert str(_refusal(store.submit, "ann", "item1", "0,1,2,3", token=token)).startswith(
         "the serve token is for item item0, not 'item1'.")
     assert not (tmp_path / "comparisons.jsonl").read_text()
@@ -545,7 +550,8 @@ def test_samples_file_edges_and_store_settings(tmp_path):
     path.write_text(json.dumps({"id": "two", "prompt": "p", "responses": ["a", "b"]}) + "\n"
                     + json.dumps({"id": "nine", "prompt": "p", "responses": list("abcdefghi")}) + "\n")
     assert [len(i.responses) for i in load_items(path).values()] == [2, 9]  # both ends of 2..9
-    with pytest.raises(MissingPathError, match="`samples_file` = .*missing.jsonl does not exist"):
+    with pytest.raises(MissingPathError, match="`samples_file` = .*missing.jsonl does not exist; write it with "
+                       r"recipes/sample.py \(`make sample`\), or point --samples_file at its output"):
         load_items(tmp_path / "missing.jsonl")
     for kwargs, message in [({"overlap_fraction": 1.5}, r"overlap_fraction must be in \[0, 1\], got 1.5"),
                             ({"overlap_labelers": 1}, "overlap_labelers must be at least 2"),
@@ -735,3 +741,24 @@ def test_a_chat_ranking_is_stored_once_in_the_reward_format(tmp_path):
     assert "not a response index 0..2" in str(_refusal(store.submit_conversation, "ann", "q", answers, "0,1,2",
                                                        flags='{"3": ["harmful"]}'))
     assert len(lines(comparisons)) == 5
+
+
+def test_every_refused_serve_names_the_item_and_the_fix(samples, tmp_path):
+    store = LabelStore(samples, tmp_path / "comparisons.jsonl", lease_seconds=60)
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    ann = store.next_item("ann")
+    refusals = [_refusal(store.submit, "bob", None, "0,1,2,3", token=ann["token"]),  # another labeler's token
+                _refusal(store.submit, "ann", "item3", "0,1,2,3")]  # not served to ann
+    store.release("ann")
+    refusals.append(_refusal(store.submit, "ann", None, "0,1,2,3", token=ann["token"]))  # released
+    ann = store.next_item("ann")
+    store.submit("ann", None, "0,1,2,3", token=ann["token"])
+    refusals.append(_refusal(store.submit, "ann", None, "0,1,2,3", token=ann["token"]))  # used
+    bob = store.next_item("bob")
+    now[0] += 61
+    store.next_item("carol")  # takes item1 from bob's expired lease
+    refusals.append(_refusal(store.submit, "bob", None, "0,1,2,3", token=bob["token"]))  # ran out
+    for refused, item in zip(refusals, ["item0", "item3", "item0", "item0", "item1"]):
+        assert f"item {item} " in str(refused) and "/next_item" in str(refused), str(refused)
+    assert "60 s reservation" in str(refusals[-1])
