@@ -3,6 +3,7 @@
     python tools/mutation.py                          # every target below
     python tools/mutation.py --only reward/losses     # one target (repeat --only for several)
     python tools/mutation.py --report                 # rewrite the results file from the last runs only
+    python tools/mutation.py --survivors --only feedback/store   # after new tests: rerun that target's survivors
 
 For each target, a scratch copy of the repository (runs/mutation/<target>/: src, tests, recipes, pyproject.toml with
 a [tool.mutmut] section) runs `mutmut run` with only that file mutated and only its unit tests selected, so one
@@ -326,6 +327,32 @@ def run_target(target: str, max_children: int) -> dict:
     return collect(target, time.time() - start, max_children)
 
 
+def rerun_survivors(target: str, previous: dict, max_children: int) -> dict:
+    """Run again only the mutants `previous` lists as survived or without tests (after new tests): tests are only
+    added, so a mutant killed before stays killed, and the score is the old one with these verdicts replaced."""
+    names = [s["name"] for s in previous["survivors"]]
+    work = prepare(target)
+    start = time.time()
+    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names],
+                         cwd=work, env=_env(), capture_output=True, text=True)
+    (work / "mutmut-run.log").write_text(run.stdout + run.stderr)
+    meta = work / "mutants" / f"{TARGETS[target][0]}.meta"
+    if not meta.is_file():
+        raise SystemExit(f"mutmut wrote no results for {target} (exit {run.returncode}); see {work}/mutmut-run.log")
+    fresh = collect(target, None, max_children)
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    counts = dict(previous["counts"])
+    for survivor in previous["survivors"]:
+        counts[survivor["status"]] -= 1
+    for name in names:
+        status = STATUS.get(codes.get(name), "suspicious")
+        counts[status] = counts.get(status, 0) + 1
+    fresh.update(counts={k: v for k, v in counts.items() if v}, wall_s=previous["wall_s"],
+                 survivors=[s for s in fresh["survivors"] if s["name"] in set(names)],
+                 rerun=f"{len(names)} earlier survivors rerun in {round(time.time() - start)} s")
+    return fresh
+
+
 def collect(target: str, wall: float | None, max_children: int | None = None) -> dict:
     """The verdicts mutmut recorded for `target` so far (a run stopped early leaves mutants "not checked")."""
     source, tests = TARGETS[target]
@@ -417,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(TARGETS), help="run this target only (repeatable)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="mutants tested in parallel")
     parser.add_argument("--report", action="store_true", help="rewrite the report from the stored results only")
+    parser.add_argument("--survivors", action="store_true", help="rerun only the --only targets' stored survivors "
+                        "and mutants without tests (after new tests) and update their score")
     parser.add_argument("--collect", action="store_true", help="record the --only targets' verdicts so far from "
                         "their scratch folders (after a run was stopped early) without running mutmut")
     args = parser.parse_args(argv)
@@ -430,6 +459,14 @@ def main(argv: list[str] | None = None) -> int:
                 # a finished run, some mutants rerun since (e.g. after a new test): keep the run's own time
                 results[target]["wall_s"] = previous["wall_s"]
         store.write_text(json.dumps(results, indent=1) + "\n")
+    elif args.survivors:
+        for target in args.only or []:
+            if target not in results:
+                raise SystemExit(f"No stored results for {target}: run `python tools/mutation.py --only {target}`.")
+            print(f"rerunning {len(results[target]['survivors'])} survivors of {target} ...", flush=True)
+            results[target] = rerun_survivors(target, results[target], args.max_children)
+            print(f"  {results[target]['counts']}; {results[target]['rerun']}", flush=True)
+            store.write_text(json.dumps(results, indent=1) + "\n")
     elif not args.report:
         for target in args.only or list(TARGETS):
             print(f"mutating {TARGETS[target][0]} against {', '.join(TARGETS[target][1])} ...", flush=True)
