@@ -414,6 +414,8 @@ def write_report(results: dict[str, dict]) -> Path:
         tested = r["total"] - c.get("no tests", 0) - c.get("skipped", 0) - c.get("not checked", 0)
         score = f"{100 * (killed + timeout) / tested:.1f}%" if tested else "-"
         wall = "stopped early" if r["wall_s"] is None else f"{r['wall_s']} s"
+        if r.get("rerun"):
+            wall += f", then {r['rerun']}"
         lines.append(f"| {r['source']} | {', '.join(r['tests'])} | {killed} | {timeout} | {c.get('survived', 0)} | "
                      f"{c.get('no tests', 0)} | {c.get('not checked', 0)} | {r['total']} | {score} | "
                      f"{wall} ({r['when']}) |")
