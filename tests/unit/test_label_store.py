@@ -705,7 +705,7 @@ def test_stored_rows_carry_their_utc_time(samples, tmp_path, monkeypatch):
         rows = [rank_next(store, "ann"), store.skip("ann", store.next_item("ann")["id"], "unclear")]
         after = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     finally:
-        monkeypatch.delenv("TZ")
+        monkeypatch.undo()
         time.tzset()
     for row in rows:
         assert before <= datetime.datetime.strptime(row["time"], "%Y-%m-%dT%H:%M:%SZ") <= after
