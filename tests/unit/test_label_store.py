@@ -451,26 +451,27 @@ def test_adding_rankings_refuses_a_missing_file_or_a_bad_row_by_its_line(tmp_pat
 def test_refusals_name_the_input_and_the_fix(samples, tmp_path):
     store = LabelStore(samples, tmp_path / "comparisons.jsonl")
     token = store.next_item("ann")["token"]
-    refused = [
-        ("a,b", None, "ranking 'a,b' must be answer numbers 0-3, best first (e.g. 3,2,1,0; "),
-        ("0,1,2,3=", None, "ranking '0,1,2,3=' must be"),
-        ("0==1,2,3", None, "ranking '0==1,2,3' must be"),
-        ("3,1,0", None, "ranking [3, 1, 0] must order all 4 responses 0..3; missing [2]."),
-        ("3,1,0,2,4", None, "ranking [3, 1, 0, 2, 4] must order all 4 responses 0..3; unknown [4]."),
-        (list(range(13)), None, f"ranking {list(range(12))} must order all 4 responses 0..3; unknown [4, 5, 6, 7, 8]."),
-        (list(range(19)), None, f"a ranking is a list of at most 9 response indices, got {list(range(19))!r}"[:70]),
-        ([0, 1, 2, "3"], None, "ranking [0, 1, 2, '3'] must hold response indices (integers)."),
-        ([True, 0, 2, 3], None, "ranking [True, 0, 2, 3] must hold response indices"),  # a bool is not an index
-        ("0=1,2,3", [[0, 1]], "give ties either with '=' in the ranking string or as a list, not both."),
-        ("0,1,2,3", '{"0": ["rude"]}', "unknown flag(s) ['rude']; use ['harmful', "),
-        ("0,1,2,3", '{"x": ["harmful"]}', "flag key 'x' is not a response index."),
-        ("0,1,2,3", '{"4": ["harmful"]}', "flag key 4 is not a response index 0..3."),
-        ("0,1,2,3", "{bad", "flags '{bad' must be JSON like"),
-        ("0,1,2,3", "[1]", 'flags must be a JSON object {"<response index>"'),
+    refused = [  # (ranking, flags, ties, the refusal's start)
+        ("a,b", None, None, "ranking 'a,b' must be answer numbers 0-3, best first (e.g. 3,2,1,0; "),
+        ("0,1,2,3=", None, None, "ranking '0,1,2,3=' must be"),
+        ("0==1,2,3", None, None, "ranking '0==1,2,3' must be"),
+        ("3,1,0", None, None, "ranking [3, 1, 0] must order all 4 responses 0..3; missing [2]."),
+        ("3,1,0,2,4", None, None, "ranking [3, 1, 0, 2, 4] must order all 4 responses 0..3; unknown [4]."),
+        (list(range(13)), None, None,
+         f"ranking {list(range(12))} must order all 4 responses 0..3; unknown [4, 5, 6, 7, 8]."),
+        (list(range(19)), None, None, "a ranking is a list of at most 9 response indices, got [0, 1, 2, 3"),
+        ([0, 1, 2, "3"], None, None, "ranking [0, 1, 2, '3'] must hold response indices (integers)."),
+        ([True, 0, 2, 3], None, None, "ranking [True, 0, 2, 3] must hold response indices"),  # a bool is no index
+        ("0=1,2,3", None, [[0, 1]], "give ties either with '=' in the ranking string or as a list, not both."),
+        ("0,1,2,3", '{"0": ["rude"]}', None, "unknown flag(s) ['rude']; use ['harmful', "),
+        ("0,1,2,3", '{"x": ["harmful"]}', None, "flag key 'x' is not a response index."),
+        ("0,1,2,3", '{"4": ["harmful"]}', None, "flag key 4 is not a response index 0..3."),
+        ("0,1,2,3", "{bad", None, "flags '{bad' must be JSON like"),
+        ("0,1,2,3", "[1]", None, 'flags must be a JSON object {"<response index>"'),
     ]
-    for ranking, flags, message in refused:
+    for ranking, flags, ties, message in refused:
         with pytest.raises(RankingRefused) as err:
-            store.submit("ann", None, ranking, flags, token=token, ties=[[0, 1]] if "not both" in message else None)
+            store.submit("ann", None, ranking, flags, token=token, ties=ties)
         assert str(err.value).startswith(message), (ranking, flags, str(err.value))
     assert str(_refusal(store.submit, "ann", "nope", "0,1,2,3")).startswith("unknown item 'nope'; ask /next_item")
     # a refused input is echoed up to 40 characters of its repr, then cut
