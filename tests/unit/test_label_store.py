@@ -514,7 +514,7 @@ def test_the_app_order_box_reads_one_based_digits():
     assert "65 characters" in str(_refusal(read_order, "0,1,2,3" + " " * 58, 4, one_based=False))
 
 
-def test_names_and_skip_reasons_at_their_limits(samples, tmp_path):
+def test_names_and_skip_reasons_at_their_limits():
     assert check_name("x" * 64) == "x" * 64
     assert check_name(" " * 250 + "ann" + " " * 3) == "ann"  # 256 characters before the spaces go
     assert "293 characters" in str(_refusal(check_name, " " * 290 + "ann"))  # refused unread beyond 4 x 64
@@ -530,9 +530,11 @@ def test_names_and_skip_reasons_at_their_limits(samples, tmp_path):
     ([{"id": 1, "prompt": "p", "responses": ["a", "b"]}, {"id": 2, "responses": ["a", "b"]}],
      r"row 2: missing \['prompt'\]; a samples row needs id, prompt and responses"),
     ([{"id": 1, "prompt": "p", "responses": "ab"}], "row 1: 'responses' must be a list of strings"),
-    ([{"id": i, "prompt": "p", "responses": ["a", "b"]} for i in range(2)] + [{"id": 3, "prompt": "p", "responses": ["a"]}],
+    ([{"id": i, "prompt": "p", "responses": ["a", "b"]} for i in range(2)]
+     + [{"id": 3, "prompt": "p", "responses": ["a"]}],
      r"row 3: needs 2 to 9 distinct responses, got 1 \(1 distinct\)"),
-    ([{"id": 1, "prompt": "p", "responses": ["a", "b", "a"]}], r"row 1: needs 2 to 9 distinct responses, got 3 \(2 distinct\)"),
+    ([{"id": 1, "prompt": "p", "responses": ["a", "b", "a"]}],
+     r"row 1: needs 2 to 9 distinct responses, got 3 \(2 distinct\)"),
     ([{"id": 1, "prompt": "p", "responses": [str(i) for i in range(10)]}], "needs 2 to 9 distinct responses, got 10"),
     ([{"id": 1, "prompt": "p", "responses": ["a", "b", "c"], "gold": [0, 1]}],
      r"row 1: 'gold' must order all response indices 0\.\.2\."),
@@ -565,7 +567,8 @@ def test_samples_file_edges_and_store_settings(tmp_path):
     store = LabelStore(samples, tmp_path / "c.jsonl", overlap_fraction=1.0)
     assert [store.wanted(i) for i in store.items.values()] == [2] * 4
     seeded = LabelStore(samples, tmp_path / "c.jsonl", seed=0)
-    assert all(store.shown_order(n, i) == seeded.shown_order(n, i) for n in ("ann", "bob") for i in store.items.values())
+    assert all(store.shown_order(n, i) == seeded.shown_order(n, i)
+               for n in ("ann", "bob") for i in store.items.values())
     assert any(store.shown_order("ann", i) != LabelStore(samples, tmp_path / "c.jsonl", seed=1).shown_order("ann", i)
                for i in store.items.values())
 
