@@ -3,6 +3,7 @@
     python tools/mutation.py                          # every target below
     python tools/mutation.py --only reward/losses     # one target (repeat --only for several)
     python tools/mutation.py --report                 # rewrite the results file from the last runs only
+    python tools/mutation.py --survivors --only feedback/store   # after new tests: rerun that target's survivors
 
 For each target, a scratch copy of the repository (runs/mutation/<target>/: src, tests, recipes, pyproject.toml with
 a [tool.mutmut] section) runs `mutmut run` with only that file mutated and only its unit tests selected, so one
@@ -10,14 +11,16 @@ target costs its own tests times its mutants and nothing else. mutmut runs each 
 reach the mutated function, and counts a test run past its time limit as a kill ("timeout").
 
 The score of every target run so far is kept in benchmarks/results/mutation.json and written, with each surviving
-mutant's diff, to benchmarks/results/mutation.md. A survivor is either killed by a new test, or explained in
-EXPLAINED below (an equivalent mutant, or a change the tests deliberately do not pin); the report marks any other
-survivor "unexplained".
+mutant's diff, to benchmarks/results/mutation.md. A survivor is either killed by a new test, explained in
+EXPLAINED below (an equivalent mutant, or a change the tests deliberately do not pin), or a change of a message's
+wording only (WORDING_RULE, `message_wording`); the report marks any other survivor "unexplained".
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import io
 import json
 import os
 import platform
@@ -25,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tokenize
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +146,134 @@ EXPLAINED: dict[str, str] = {
         "only the dtype of this logged statistic becomes float32 when logprobs are not float32.",
     "rlhf_recipes.ppo.core.x_value_loss__mutmut_35":
         "as policy_loss__mutmut_47 (the logged clip fraction of a bool tensor).",
+
+    # feedback/store: the label store.
+    "rlhf_recipes.feedback.store.x__unit_hash__mutmut_9":
+        "equivalent on Python 3.11+, where int.from_bytes' byteorder defaults to \"big\" (on 3.10, which "
+        "requires it, every overlap check raises TypeError).",
+    "rlhf_recipes.feedback.store.x_check_name__mutmut_27":
+        "equivalent: a Unicode category's first letter is never X, so `in \"XXCZXX\"` holds for the same "
+        "characters as `in \"CZ\"`.",
+    "rlhf_recipes.feedback.store.x_read_order__mutmut_7":
+        "equivalent: splitting every token into characters changes only tokens that are refused either way (a "
+        "word becomes letters, each refused with the same message quoting the input), and \"=\" stays \"=\".",
+    "rlhf_recipes.feedback.store.x_read_order__mutmut_67":
+        "equivalent: `tied_to_previous` is only tested for truth, and None is false like False.",
+    "rlhf_recipes.feedback.store.x_read_order__mutmut_88":
+        "as read_order__mutmut_67 (None for False in a flag only tested for truth).",
+    "rlhf_recipes.feedback.store.x_parse_ranking__mutmut_7":
+        "equivalent: read_order tests one_based only for truth, and None is false like False.",
+    "rlhf_recipes.feedback.store.x_parse_flags__mutmut_6":
+        "equivalent: \"{}\" no longer short-cuts to {}, but json.loads(\"{}\") is an empty dict, which gives "
+        "{} below.",
+    "rlhf_recipes.feedback.store.xǁLabelStoreǁwanted__mutmut_3":
+        "equivalent: a gold item's quota is \"everyone\"; 11**9 is as far beyond any number of labelers as "
+        "10**9 (10*9 = 90 is killed by test_gold_items_go_to_every_labeler).",
+    "rlhf_recipes.feedback.store.xǁLabelStoreǁwanted__mutmut_4":
+        "as wanted__mutmut_3 (10**10 for 10**9: both mean everyone).",
+    "rlhf_recipes.feedback.store.xǁLabelStoreǁis_overlap__mutmut_12":
+        "equivalent but for a 2**-64 chance: `<=` differs from `<` only when the 64-bit hash equals "
+        "overlap_fraction exactly.",
+    "rlhf_recipes.feedback.store.xǁLabelStoreǁ_count_new__mutmut_2":
+        "equivalent: the names in `_ranked_by` are read only by len() and by `_check_room`'s `labeler in "
+        "ranked`, which `_done_by` (filled from the same rows) already covers.",
+    "rlhf_recipes.feedback.store.xǁLabelStoreǁ_count_new__mutmut_10":
+        "as _count_new__mutmut_2 (the labeler names in `_ranked_by` are not read).",
+    "rlhf_recipes.feedback.store.xǁLabelStoreǁ_count_new__mutmut_11":
+        "as _count_new__mutmut_2 (the labeler names in `_ranked_by` are not read).",
+    "rlhf_recipes.feedback.store.xǁLabelStoreǁ_count_new__mutmut_12":
+        "as _count_new__mutmut_2 (the labeler names in `_ranked_by` are not read).",
+    "rlhf_recipes.feedback.store.xǁLabelStoreǁ_close__mutmut_8":
+        "equivalent: the loop above already popped every open serve of this labeler on this item, `serve` "
+        "included; popping None is a no-op like popping its gone token.",
+    "rlhf_recipes.feedback.store.xǁLabelStoreǁnext_item__mutmut_36":
+        "not pinned: the token's length; 32 random bytes (43 characters) are as unguessable as 16 and within "
+        "the 64 characters `_claim` accepts.",
+    "rlhf_recipes.feedback.store.xǁLabelStoreǁnext_item__mutmut_37":
+        "as next_item__mutmut_36 (17 random bytes for 16).",
 }
+
+WORDING_RULE = ("tests pin what a message names (the file, row, field, the input refused, the fix), not every word: "
+                "a survivor whose diff changes nothing but the text of string literals inside the message of a "
+                "`raise` (no expression in an f-string, no other token) is listed here, by this rule, not one by one.")
+
+
+def _tokens(line: str) -> list[tokenize.TokenInfo]:
+    """The tokens of one source line (a line inside a bracket ends early: what it has is enough)."""
+    found: list[tokenize.TokenInfo] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(line.strip()).readline):
+            if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.INDENT, tokenize.DEDENT):
+                found.append(tok)
+    except (tokenize.TokenError, IndentationError):
+        pass
+    return found
+
+
+def _same_but_text(old: str, new: str) -> bool:
+    """Two string literals that differ only in their text: the same expressions in the same f-string places."""
+    try:
+        a, b = ast.parse(old, mode="eval").body, ast.parse(new, mode="eval").body
+    except SyntaxError:
+        return False
+    if isinstance(a, ast.Constant) and isinstance(b, ast.Constant):
+        return isinstance(a.value, str) and isinstance(b.value, str)
+    if isinstance(a, ast.JoinedStr) and isinstance(b, ast.JoinedStr):
+        fields = [[ast.dump(v) for v in s.values if isinstance(v, ast.FormattedValue)] for s in (a, b)]
+        return fields[0] == fields[1]
+    return False
+
+
+def _message_lines(source: Path) -> dict[str, bool]:
+    """Each stripped line of `source` -> True when every occurrence of it lies inside the message of a `raise`."""
+    try:
+        text = source.read_text()
+        tree = ast.parse(text)
+    except (OSError, SyntaxError):
+        return {}
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            for arg in [*node.exc.args, *(k.value for k in node.exc.keywords)]:
+                inside.update(range(arg.lineno, arg.end_lineno + 1))
+    where: dict[str, bool] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        key = line.strip()
+        where[key] = where.get(key, True) and number in inside
+    return where
+
+
+def message_wording(diff: list[str], source: Path) -> bool:
+    """True when a mutant's diff (`_diff_lines`) changes only the words of string literals in a raised message."""
+    old = [line[1:] for line in diff if line.startswith("-")]
+    new = [line[1:] for line in diff if line.startswith("+")]
+    if not old or len(old) != len(new):
+        return False
+    where = _message_lines(source)
+    changed = False
+    for before, after in zip(old, new):
+        if not where.get(before.strip(), False):
+            return False  # not (only) part of a raised message in the source as it is now
+        a, b = _tokens(before), _tokens(after)
+        if len(a) != len(b):
+            return False
+        for x, y in zip(a, b):
+            if (x.type, x.string) == (y.type, y.string):
+                continue
+            if not (x.type == y.type == tokenize.STRING and _same_but_text(x.string, y.string)):
+                return False
+            changed = True
+    return changed
+
+
+def verdict(survivor: dict, source: str) -> str:
+    """Why a survivor is not killed: its EXPLAINED entry, "message wording", or "**unexplained**"."""
+    if survivor["name"] in EXPLAINED:
+        return EXPLAINED[survivor["name"]]
+    if survivor["status"] == "survived" and message_wording(survivor["diff"], REPO / source):
+        return "message wording"
+    return "**unexplained**"
+
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
@@ -194,6 +325,32 @@ def run_target(target: str, max_children: int) -> dict:
         raise SystemExit(f"mutmut wrote no results for {target} (exit {run.returncode}); see {work}/mutmut-run.log:\n"
                          + (run.stdout + run.stderr)[-3000:])
     return collect(target, time.time() - start, max_children)
+
+
+def rerun_survivors(target: str, previous: dict, max_children: int) -> dict:
+    """Run again only the mutants `previous` lists as survived or without tests (after new tests): tests are only
+    added, so a mutant killed before stays killed, and the score is the old one with these verdicts replaced."""
+    names = [s["name"] for s in previous["survivors"]]
+    work = prepare(target)
+    start = time.time()
+    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names],
+                         cwd=work, env=_env(), capture_output=True, text=True)
+    (work / "mutmut-run.log").write_text(run.stdout + run.stderr)
+    meta = work / "mutants" / f"{TARGETS[target][0]}.meta"
+    if not meta.is_file():
+        raise SystemExit(f"mutmut wrote no results for {target} (exit {run.returncode}); see {work}/mutmut-run.log")
+    fresh = collect(target, None, max_children)
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    counts = dict(previous["counts"])
+    for survivor in previous["survivors"]:
+        counts[survivor["status"]] -= 1
+    for name in names:
+        status = STATUS.get(codes.get(name), "suspicious")
+        counts[status] = counts.get(status, 0) + 1
+    fresh.update(counts={k: v for k, v in counts.items() if v}, wall_s=previous["wall_s"],
+                 survivors=[s for s in fresh["survivors"] if s["name"] in set(names)],
+                 rerun=f"{len(names)} earlier survivors rerun in {round(time.time() - start)} s")
+    return fresh
 
 
 def collect(target: str, wall: float | None, max_children: int | None = None) -> dict:
@@ -262,7 +419,8 @@ def write_report(results: dict[str, dict]) -> Path:
              "Written by `make mutation` (`python tools/mutation.py`): mutmut mutates one file at a time and runs only "
              "that file's fast unit tests against each mutant. The score counts *timeout* (a mutant whose tests ran "
              "past mutmut's time limit, e.g. an endless loop) as killed, over the mutants checked; *not checked* are "
-             "those a run stopped early never reached. Every survivor below is explained or marked **unexplained**.",
+             "those a run stopped early never reached. Every survivor below is explained, listed under *message "
+             "wording* by the rule stated there, or marked **unexplained**.",
              "",
              f"CPU: {_cpu()}.",
              "",
@@ -278,6 +436,8 @@ def write_report(results: dict[str, dict]) -> Path:
         tested = r["total"] - c.get("no tests", 0) - c.get("skipped", 0) - c.get("not checked", 0)
         score = f"{100 * (killed + timeout) / tested:.1f}%" if tested else "-"
         wall = "stopped early" if r["wall_s"] is None else f"{r['wall_s']} s"
+        if r.get("rerun"):
+            wall += f", then {r['rerun']}"
         lines.append(f"| {r['source']} | {', '.join(r['tests'])} | {killed} | {timeout} | {c.get('survived', 0)} | "
                      f"{c.get('no tests', 0)} | {c.get('not checked', 0)} | {r['total']} | {score} | "
                      f"{wall} ({r['when']}) |")
@@ -287,11 +447,17 @@ def write_report(results: dict[str, dict]) -> Path:
         r = results.get(target)
         if not r or not r["survivors"]:
             continue
+        verdicts = [(s, verdict(s, r["source"])) for s in r["survivors"]]
         lines += ["", f"## Survivors in {r['source']}", ""]
-        for s in r["survivors"]:
-            why = EXPLAINED.get(s["name"], "**unexplained**")
-            lines += [f"- `{s['name']}` ({s['status']}): {why}", "", "  ```diff",
-                      *[f"  {line}" for line in s["diff"]], "  ```"]
+        for s, why in verdicts:
+            if why != "message wording":
+                lines += [f"- `{s['name']}` ({s['status']}): {why}", "", "  ```diff",
+                          *[f"  {line}" for line in s["diff"]], "  ```"]
+        wording = [s for s, why in verdicts if why == "message wording"]
+        if wording:
+            lines += ["", f"### Message wording in {r['source']} ({len(wording)})", "", f"By rule: {WORDING_RULE}", ""]
+            for s in wording:
+                lines += [f"- `{s['name']}`", "", "  ```diff", *[f"  {line}" for line in s["diff"]], "  ```"]
     path = RESULTS / "mutation.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -302,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(TARGETS), help="run this target only (repeatable)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="mutants tested in parallel")
     parser.add_argument("--report", action="store_true", help="rewrite the report from the stored results only")
+    parser.add_argument("--survivors", action="store_true", help="rerun only the --only targets' stored survivors "
+                        "and mutants without tests (after new tests) and update their score")
     parser.add_argument("--collect", action="store_true", help="record the --only targets' verdicts so far from "
                         "their scratch folders (after a run was stopped early) without running mutmut")
     args = parser.parse_args(argv)
@@ -315,6 +483,14 @@ def main(argv: list[str] | None = None) -> int:
                 # a finished run, some mutants rerun since (e.g. after a new test): keep the run's own time
                 results[target]["wall_s"] = previous["wall_s"]
         store.write_text(json.dumps(results, indent=1) + "\n")
+    elif args.survivors:
+        for target in args.only or []:
+            if target not in results:
+                raise SystemExit(f"No stored results for {target}: run `python tools/mutation.py --only {target}`.")
+            print(f"rerunning {len(results[target]['survivors'])} survivors of {target} ...", flush=True)
+            results[target] = rerun_survivors(target, results[target], args.max_children)
+            print(f"  {results[target]['counts']}; {results[target]['rerun']}", flush=True)
+            store.write_text(json.dumps(results, indent=1) + "\n")
     elif not args.report:
         for target in args.only or list(TARGETS):
             print(f"mutating {TARGETS[target][0]} against {', '.join(TARGETS[target][1])} ...", flush=True)
@@ -323,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {c} of {results[target]['total']} in {results[target]['wall_s']} s", flush=True)
             store.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {write_report(results)}")
-    unexplained = [s["name"] for r in results.values() for s in r["survivors"] if s["name"] not in EXPLAINED]
+    unexplained = [s["name"] for r in results.values() for s in r["survivors"]
+                   if verdict(s, r["source"]) == "**unexplained**"]
     if unexplained:
         print(f"{len(unexplained)} surviving mutants are neither killed nor explained: {unexplained}")
     return 0

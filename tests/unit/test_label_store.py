@@ -3,6 +3,8 @@ concurrency, leases, ties, agreement statistics."""
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -10,13 +12,24 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from rlhf_recipes.config import ConfigError, MissingPathError
+from rlhf_recipes.data import DataError
 from rlhf_recipes.feedback.jsonl import JsonlError
 from rlhf_recipes.feedback.stats import label_stats, pairwise_agreement, stats_html
-from rlhf_recipes.feedback.store import LabelStore, RankingRefused, check_name
+from rlhf_recipes.feedback.store import (
+    LabelStore,
+    RankingRefused,
+    check_name,
+    check_reason,
+    load_items,
+    parse_flags,
+    read_order,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -430,3 +443,326 @@ def test_adding_rankings_refuses_a_missing_file_or_a_bad_row_by_its_line(tmp_pat
     done = subprocess.run([sys.executable, "-m", "rlhf_recipes.demo.build", "--output_dir", str(tmp_path / "demo"),
                            "--add_rankings", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2 and "line 2" in done.stderr and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Edges of the store's rules, each found by a mutant that survived the tests above (tools/mutation.py).
+
+def test_refusals_name_the_input_and_the_fix(samples, tmp_path):
+    store = LabelStore(samples, tmp_path / "comparisons.jsonl")
+    token = store.next_item("ann")["token"]
+    refused = [  # (ranking, flags, ties, the refusal's start)
+        ("a,b", None, None, "ranking 'a,b' must be answer numbers 0-3, best first (e.g. 3,2,1,0; "),
+        ("0,1,2,3=", None, None, "ranking '0,1,2,3=' must be"),
+        ("0==1,2,3", None, None, "ranking '0==1,2,3' must be"),
+        ("3,1,0", None, None, "ranking [3, 1, 0] must order all 4 responses 0..3; missing [2]."),
+        ("3,1,0,2,4", None, None, "ranking [3, 1, 0, 2, 4] must order all 4 responses 0..3; unknown [4]."),
+        (list(range(13)), None, None,
+         f"ranking {list(range(12))} must order all 4 responses 0..3; unknown [4, 5, 6, 7, 8]."),
+        (list(range(19)), None, None, "a ranking is a list of at most 9 response indices, got [0, 1, 2, 3"),
+        ([0, 1, 2, "3"], None, None, "ranking [0, 1, 2, '3'] must hold response indices (integers)."),
+        ([True, 0, 2, 3], None, None, "ranking [True, 0, 2, 3] must hold response indices"),  # a bool is no index
+        ("0=1,2,3", None, [[0, 1]], "give ties either with '=' in the ranking string or as a list, not both."),
+        ("0,1,2,3", '{"0": ["rude"]}', None, "unknown flag(s) ['rude']; use ['harmful', "),
+        ("0,1,2,3", '{"x": ["harmful"]}', None, "flag key 'x' is not a response index."),
+        ("0,1,2,3", '{"4": ["harmful"]}', None, "flag key 4 is not a response index 0..3."),
+        ("0,1,2,3", "{bad", None, "flags '{bad' must be JSON like"),
+        ("0,1,2,3", "[1]", None, 'flags must be a JSON object {"<response index>"'),
+    ]
+    for ranking, flags, ties, message in refused:
+        with pytest.raises(RankingRefused) as err:
+            store.submit("ann", None, ranking, flags, token=token, ties=ties)
+        assert str(err.value).startswith(message), (ranking, flags, str(err.value))
+    assert str(_refusal(store.submit, "ann", "nope", "0,1,2,3")).startswith("unknown item 'nope'; ask /next_item")
+    # a refused input is echoed up to 40 characters of its repr, then cut
+    assert str(_refusal(store.submit, "ann", "x" * 38, "0,1,2,3")).startswith(f"unknown item {'x' * 38!r}; ask")
+    assert str(_refusal(store.submit, "ann", "x" * 39, "0,1,2,3")).startswith(
+        "unknown item '" + "x" * 39 + "... (41 characters); ask")
+    assert len(str(_refusal(store.submit, "ann", "x" * 10**5, "0,1,2,3"))) < 120
+    assert str(_refusal(store.submit, "ann", "item1", "0,1,2,3", token=token)).startswith(
+        "the serve token is for item item0, not 'item1'.")
+    assert not (tmp_path / "comparisons.jsonl").read_text()
+    # what is accepted at the edges: a list within the cap reaches the order check, empty flags, a single flag name,
+    # the item id "" beside a token, a ranking of exactly 64 characters
+    assert "must order all" in str(_refusal(store.submit, "ann", None, list(range(18)), token=token))
+    long = "3,2,1," + " " * 57 + "0"
+    assert len(long) == 64
+    for flags in ("", "  ", "{}"):
+        assert parse_flags(flags, 4) == {}
+    assert parse_flags('{"2": "harmful"}', 4) == {2: ["harmful"]}
+    padded = '{"0": ["harmful"]' + " " * 1982 + "}"
+    assert len(padded) == 2000 and parse_flags(padded, 4) == {0: ["harmful"]}
+    assert str(_refusal(parse_flags, padded + " ", 4)) == "flags are 2001 characters; at most 2000."
+    row = store.submit("ann", "", long, '{"3": "harmful"}', token=token)
+    assert row["flags"] == [["harmful"], [], [], []]  # shown answer 3 is ranked first
+
+
+def _refusal(call, *args, **kwargs) -> RankingRefused:
+    with pytest.raises(RankingRefused) as err:
+        call(*args, **kwargs)
+    return err.value
+
+
+def test_the_app_order_box_reads_one_based_digits():
+    assert read_order("3142", 4, one_based=True) == ([2, 0, 3, 1], [])
+    assert read_order("4=3, 2=1", 4, one_based=True) == ([3, 2, 1, 0], [[0, 1], [2, 3]])
+    assert read_order("1=2=3,4", 4, one_based=True) == ([0, 1, 2, 3], [[0, 1, 2]])
+    assert str(_refusal(read_order, "x", 4, one_based=True)).startswith(
+        "ranking 'x' must be answer numbers 1-4, best first (e.g. 4,3,2,1; ")
+    assert read_order("3,2,1,0", 4, one_based=False) == ([3, 2, 1, 0], [])
+    assert read_order("0,1,2,3" + " " * 57, 4, one_based=False)[0] == [0, 1, 2, 3]  # 64 characters
+    assert "65 characters" in str(_refusal(read_order, "0,1,2,3" + " " * 58, 4, one_based=False))
+
+
+def test_names_and_skip_reasons_at_their_limits():
+    assert check_name("x" * 64) == "x" * 64
+    assert check_name(" " * 250 + "ann" + " " * 3) == "ann"  # 256 characters before the spaces go
+    assert "293 characters" in str(_refusal(check_name, " " * 290 + "ann"))  # refused unread beyond 4 x 64
+    assert str(_refusal(check_name, 5)) == "the labeler name must be text."
+    assert str(_refusal(check_name, "a\u202eb\u200b")).endswith("not U+202E, U+200B.")
+    assert check_reason("x" * 500) == "x" * 500
+    assert str(_refusal(check_reason, "x" * 501)) == "the skip reason is 501 characters; say it in at most 500."
+    assert str(_refusal(check_reason, "a\x1bb")) == "the skip reason may hold printable characters only."
+    assert str(_refusal(check_reason, None)) == "the skip reason must be text."
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([{"id": 1, "prompt": "p", "responses": ["a", "b"]}, {"id": 2, "responses": ["a", "b"]}],
+     r"row 2: missing \['prompt'\]; a samples row needs id, prompt and responses"),
+    ([{"id": 1, "prompt": "p", "responses": "ab"}], "row 1: 'responses' must be a list of strings"),
+    ([{"id": i, "prompt": "p", "responses": ["a", "b"]} for i in range(2)]
+     + [{"id": 3, "prompt": "p", "responses": ["a"]}],
+     r"row 3: needs 2 to 9 distinct responses, got 1 \(1 distinct\)"),
+    ([{"id": 1, "prompt": "p", "responses": ["a", "b", "a"]}],
+     r"row 1: needs 2 to 9 distinct responses, got 3 \(2 distinct\)"),
+    ([{"id": 1, "prompt": "p", "responses": [str(i) for i in range(10)]}], "needs 2 to 9 distinct responses, got 10"),
+    ([{"id": 1, "prompt": "p", "responses": ["a", "b", "c"], "gold": [0, 1]}],
+     r"row 1: 'gold' must order all response indices 0\.\.2\."),
+    ([{"id": 1, "prompt": "p", "responses": ["a", "b"]}, {"id": "1", "prompt": "q", "responses": ["a", "b"]}],
+     "row 2: duplicate id '1'"),
+])
+def test_a_bad_samples_file_is_refused_by_its_row(tmp_path, rows, message):
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=f"samples.jsonl, {message}" if message.startswith("row") else message):
+        load_items(path)
+
+
+def test_samples_file_edges_and_store_settings(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text(json.dumps({"id": "two", "prompt": "p", "responses": ["a", "b"]}) + "\n"
+                    + json.dumps({"id": "nine", "prompt": "p", "responses": list("abcdefghi")}) + "\n")
+    assert [len(i.responses) for i in load_items(path).values()] == [2, 9]  # both ends of 2..9
+    with pytest.raises(MissingPathError, match="`samples_file` = .*missing.jsonl does not exist; write it with "
+                       r"recipes/sample.py \(`make sample`\), or point --samples_file at its output"):
+        load_items(tmp_path / "missing.jsonl")
+    for kwargs, message in [({"overlap_fraction": 1.5}, r"overlap_fraction must be in \[0, 1\], got 1.5"),
+                            ({"overlap_labelers": 1}, "overlap_labelers must be at least 2"),
+                            ({"lease_seconds": 0}, "lease_seconds must be > 0, got 0")]:
+        with pytest.raises(ConfigError, match=message):
+            LabelStore(path, tmp_path / "c.jsonl", **kwargs)
+    assert LabelStore(path, tmp_path / "c.jsonl", lease_seconds=0.5).lease_seconds == 0.5
+    # the defaults: an overlap item wants two labelers, and the shown order is seed 0's
+    samples = write_samples(tmp_path / "s4.jsonl", 4)
+    store = LabelStore(samples, tmp_path / "c.jsonl", overlap_fraction=1.0)
+    assert [store.wanted(i) for i in store.items.values()] == [2] * 4
+    seeded = LabelStore(samples, tmp_path / "c.jsonl", seed=0)
+    assert all(store.shown_order(n, i) == seeded.shown_order(n, i)
+               for n in ("ann", "bob") for i in store.items.values())
+    assert any(store.shown_order("ann", i) != LabelStore(samples, tmp_path / "c.jsonl", seed=1).shown_order("ann", i)
+               for i in store.items.values())
+
+
+def test_the_overlap_set_is_a_fixed_hash_of_seed_and_id(tmp_path):
+    # label_stats later recomputes which rows were planned overlap from this hash: it must not change between
+    # versions, or the agreement of an existing comparisons file is measured on other items
+    samples = write_samples(tmp_path / "samples.jsonl", 40)
+
+    def unit(*parts):
+        return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "big") / 2**64
+
+    for seed in (0, 7):
+        store = LabelStore(samples, tmp_path / "c.jsonl", overlap_fraction=0.4, seed=seed)
+        chosen = {i for i, item in store.items.items() if store.is_overlap(item)}
+        assert chosen == {f"item{n}" for n in range(40) if unit(str(seed), "overlap", f"item{n}") < 0.4}
+        assert 8 <= len(chosen) <= 24
+
+
+def test_gold_items_go_to_every_labeler(tmp_path):
+    samples = write_samples(tmp_path / "samples.jsonl", 1, gold={0: [0, 1, 2, 3]})
+    comparisons = tmp_path / "comparisons.jsonl"
+    row = {"prompt": "Prompt 0:", "responses": ["a", "b", "c", "d"], "item_id": "item0"}
+    comparisons.write_text("".join(json.dumps({**row, "labeler": f"labeler{i}"}) + "\n" for i in range(100)))
+    store = LabelStore(samples, comparisons)
+    assert store.next_item("newcomer")["id"] == "item0"  # a hundred rankings do not fill a gold item
+    assert store.next_item("labeler7") is None
+
+
+def test_a_lease_ends_at_its_expiry_time_exactly(samples, tmp_path):
+    store = LabelStore(samples, tmp_path / "comparisons.jsonl", lease_seconds=60)
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    ann = store.next_item("ann")
+    now[0] = 1060.0
+    assert store.open_serve("ann") is None
+    bob = store.next_item("bob")  # ann's lease ends now: item0 goes to bob
+    assert bob["id"] == "item0"
+    now[0] = 1120.0  # bob's lease ends now too: ann's late ranking is taken
+    assert store.submit("ann", None, "0,1,2,3", token=ann["token"])["item_id"] == "item0"
+
+
+def test_a_late_ranking_counts_only_open_leases_on_its_own_item(tmp_path):
+    samples = write_samples(tmp_path / "samples.jsonl", 3)
+    store = LabelStore(samples, tmp_path / "comparisons.jsonl", lease_seconds=60, overlap_fraction=1.0)
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    ann = store.next_item("ann")
+    now[0] += 30
+    assert [store.next_item(n)["id"] for n in ("bob", "carol", "erin")] == ["item0", "item1", "item1"]
+    now[0] += 31
+    assert store.next_item("dave")["id"] == "item0"  # ann's lease ran out: her place on item0 goes to dave
+    # two open leases on item0 (bob, dave) fill its two places: ann's late ranking is refused ...
+    assert "ran out" in str(_refusal(store.submit, "ann", None, "0,1,2,3", token=ann["token"]))
+    store.release("dave")
+    # ... one open lease leaves one place (the two on item1 are not item0's)
+    assert store.submit("ann", None, "0,1,2,3", token=ann["token"])["labeler"] == "ann"
+
+
+def test_a_late_ranking_by_item_id_uses_the_labelers_own_expired_serve(samples, tmp_path):
+    store = LabelStore(samples, tmp_path / "comparisons.jsonl", lease_seconds=60)
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    store.next_item("ann")  # item0
+    store.next_item("bob")  # item1
+    now[0] += 61
+    assert store.next_item("carol")["id"] == "item0"  # expires ann's and bob's leases
+    store.release("carol")
+    # bob's expired serve is not ann's, and ann's serve of item0 is not one of item1
+    assert "item item1 is not served to 'ann'" in str(_refusal(store.submit, "ann", "item1", "0,1,2,3"))
+    assert "not served to 'dave'" in str(_refusal(store.submit, "dave", "item0", "0,1,2,3"))
+    row = store.submit("ann", "item0", "0,1,2,3")
+    assert row["item_id"] == "item0" and row["labeler"] == "ann"
+    # the serve is used now: by item id it is not served to ann any more
+    assert "item item0 is not served to 'ann'" in str(_refusal(store.submit, "ann", "item0", "3,2,1,0"))
+
+
+def test_an_expired_serve_of_an_item_done_with_another_token_is_refused(samples, tmp_path):
+    store = LabelStore(samples, tmp_path / "comparisons.jsonl", lease_seconds=60)
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    store.next_item("ann")
+    now[0] += 61
+    again = store.next_item("ann")  # the old lease expired; the same item again under a new token
+    store.skip("ann", None, "unclear prompt", token=again["token"])
+    assert "not served to 'ann'" in str(_refusal(store.submit, "ann", "item0", "0,1,2,3"))
+    assert not (tmp_path / "comparisons.jsonl").read_text()
+
+
+def test_serve_tokens_are_checked_before_anything_is_written(samples, tmp_path):
+    store = LabelStore(samples, tmp_path / "comparisons.jsonl")
+    store.next_item("ann")
+    for token, message in [("t" * 65, "not a serve token; use the token /next_item returned."),
+                           ("t" * 64, "unknown serve token (the app may have restarted); ask /next_item again.")]:
+        assert str(_refusal(store.submit, "ann", None, "0,1,2,3", token=token)) == message
+    assert not (tmp_path / "comparisons.jsonl").read_text()
+
+
+def test_release_gives_back_only_the_labelers_own_serve(samples, tmp_path):
+    store = LabelStore(samples, tmp_path / "comparisons.jsonl")
+    ann = store.next_item("ann")
+    assert store.release("bob") is False  # bob holds nothing: ann's serve stays
+    assert store.release("ann", "another-token") is False
+    assert store.open_serve("ann").token == ann["token"]
+
+
+def test_two_stores_on_one_file_refuse_what_the_other_stored(samples, tmp_path):
+    comparisons = tmp_path / "comparisons.jsonl"
+    first, second = LabelStore(samples, comparisons), LabelStore(samples, comparisons)  # e.g. two app processes
+    held = first.next_item("ann")
+    other = second.next_item("ann")
+    assert held["id"] == other["id"] == "item0"
+    second.skip("ann", None, "unclear prompt", token=other["token"])
+    assert str(_refusal(first.submit, "ann", None, "0,1,2,3", token=held["token"])) == (
+        "ann already ranked or skipped item item0; it is stored once.")
+    first.release("ann")
+    held, other = first.next_item("ann"), second.next_item("ann")
+    second.submit("ann", None, "0,1,2,3", token=other["token"])
+    assert str(_refusal(first.skip, "ann", None, "unclear", token=held["token"])) == (
+        "ann already ranked or skipped item item1.")
+    # an item that already has its one ranking: another labeler's open serve of it is refused at submit
+    bob = first.next_item("bob")
+    assert bob["id"] == "item0"  # skipped by ann, not ranked
+    carol = second.next_item("carol")  # the second store does not know bob's lease
+    assert carol["id"] == "item0"
+    second.submit("carol", None, "0,1,2,3", token=carol["token"])
+    assert str(_refusal(first.submit, "bob", None, "0,1,2,3", token=bob["token"])).startswith(
+        "item item0 already has the 1 ranking(s) it needs; nothing was saved.")
+    assert [(r["labeler"], r["item_id"]) for r in lines(comparisons)] == [("ann", "item1"), ("carol", "item0")]
+
+
+def test_stored_rows_carry_their_utc_time(samples, tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "EST+05")  # local time is not UTC
+    time.tzset()
+    try:
+        store = LabelStore(samples, tmp_path / "comparisons.jsonl")
+        before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0, tzinfo=None)
+        rows = [rank_next(store, "ann"), store.skip("ann", store.next_item("ann")["id"], "unclear")]
+        after = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    for row in rows:
+        assert before <= datetime.datetime.strptime(row["time"], "%Y-%m-%dT%H:%M:%SZ") <= after
+
+
+def test_a_chat_ranking_is_stored_once_in_the_reward_format(tmp_path):
+    samples = write_samples(tmp_path / "samples.jsonl", 1)
+    comparisons = tmp_path / "comparisons.jsonl"
+    store = LabelStore(samples, comparisons)
+    answers = ["first", "second", "third"]
+    row = store.submit_conversation(" ann ", "User: hi", answers, "2,0=1", flags={"1": ["harmful"]})
+    item_id = "chat-" + hashlib.sha256(json.dumps(["User: hi", answers]).encode()).hexdigest()[:16]
+    assert {k: v for k, v in row.items() if k != "time"} == {
+        "prompt": "User: hi", "responses": ["third", "first", "second"], "ties": [[1, 2]], "labeler": "ann",
+        "item_id": item_id, "flags": [[], [], ["harmful"]], "shown_order": [0, 1, 2]}
+    datetime.datetime.strptime(row["time"], "%Y-%m-%dT%H:%M:%SZ")
+    assert lines(comparisons) == [row]
+    other = store.submit_conversation("ann", "User: hi", answers[:2], [1, 0], ties=None, source="web")
+    assert other["item_id"].startswith("web-") and other["item_id"][4:] != item_id[5:]
+    assert store.submit_conversation("bob", "User: hi", answers, [0, 1, 2], ties=[[0, 1]])["ties"] == [[0, 1]]
+    assert str(_refusal(store.submit_conversation, "ann", "User: hi", answers, "0,1,2")) == (
+        "ann already ranked these answers.")
+    nine = [str(i) for i in range(9)]
+    assert store.submit_conversation("ann", "p", nine, list(range(9)))["responses"] == nine  # both ends of 2..9
+    assert store.submit_conversation("ann", "p", nine[:2], "1,0")["responses"] == ["1", "0"]
+    for prompt, responses, message in [("  ", answers, "empty prompt."),
+                                       ("p", ["a"], "need 2 to 9 distinct responses to rank."),
+                                       ("p", [str(i) for i in range(10)], "need 2 to 9 distinct responses"),
+                                       ("p", ["a", "b", "a"], "need 2 to 9 distinct responses")]:
+        assert str(_refusal(store.submit_conversation, "ann", prompt, responses, "0,1")).startswith(message)
+    assert "empty labeler" in str(_refusal(store.submit_conversation, " ", "p", answers, "0,1,2"))
+    assert "missing [2]" in str(_refusal(store.submit_conversation, "ann", "q", answers, "0,1"))
+    assert "not a response index 0..2" in str(_refusal(store.submit_conversation, "ann", "q", answers, "0,1,2",
+                                                       flags='{"3": ["harmful"]}'))
+    assert len(lines(comparisons)) == 5
+
+
+def test_every_refused_serve_names_the_item_and_the_fix(samples, tmp_path):
+    store = LabelStore(samples, tmp_path / "comparisons.jsonl", lease_seconds=60)
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    ann = store.next_item("ann")
+    refusals = [_refusal(store.submit, "bob", None, "0,1,2,3", token=ann["token"]),  # another labeler's token
+                _refusal(store.submit, "ann", "item3", "0,1,2,3")]  # not served to ann
+    store.release("ann")
+    refusals.append(_refusal(store.submit, "ann", None, "0,1,2,3", token=ann["token"]))  # released
+    ann = store.next_item("ann")
+    store.submit("ann", None, "0,1,2,3", token=ann["token"])
+    refusals.append(_refusal(store.submit, "ann", None, "0,1,2,3", token=ann["token"]))  # used
+    bob = store.next_item("bob")
+    now[0] += 61
+    store.next_item("carol")  # takes item1 from bob's expired lease
+    refusals.append(_refusal(store.submit, "bob", None, "0,1,2,3", token=bob["token"]))  # ran out
+    for refused, item in zip(refusals, ["item0", "item3", "item0", "item0", "item1"]):
+        assert f"item {item} " in str(refused) and "/next_item" in str(refused), str(refused)
+    assert "60 s reservation" in str(refusals[-1])
