@@ -41,7 +41,8 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "reward/losses": ("src/rlhf_recipes/reward/losses.py", ["tests/unit/test_reward_losses.py"]),
     "feedback/store": ("src/rlhf_recipes/feedback/store.py", ["tests/unit/test_label_store.py"]),
     "checkpoints": ("src/rlhf_recipes/checkpoints.py", ["tests/unit/test_reliability.py"]),
-    "data/reading": ("src/rlhf_recipes/data/reading.py", ["tests/unit/test_data.py"]),
+    "data/reading": ("src/rlhf_recipes/data/reading.py",
+                     ["tests/unit/test_data.py", "tests/unit/test_data_reading.py"]),
 }
 
 # Tests left out of a target's mutation run: each mutant reruns the tests that reach the mutated function, and these
@@ -191,6 +192,28 @@ EXPLAINED: dict[str, str] = {
         "the 64 characters `_claim` accepts.",
     "rlhf_recipes.feedback.store.xǁLabelStoreǁnext_item__mutmut_37":
         "as next_item__mutmut_36 (17 random bytes for 16).",
+
+    # data/reading: dataset files and row checks.
+    "rlhf_recipes.data.reading.x__load_raw_dataset__mutmut_58":
+        "equivalent: an unset variable read as None instead of '' is in neither case one of ('1', 'true').",
+    "rlhf_recipes.data.reading.x__load_raw_dataset__mutmut_60":
+        "as _load_raw_dataset__mutmut_58 (os.environ.get's default left out: None).",
+    "rlhf_recipes.data.reading.x__load_raw_dataset__mutmut_61":
+        "as _load_raw_dataset__mutmut_58 (an unset variable read as 'XXXX', which is not '1' or 'true' either).",
+    "rlhf_recipes.data.reading.x__read_local_file__mutmut_28":
+        "not pinned: read_text without an encoding uses the locale's, which is UTF-8 where the tests run (and under "
+        "Python's UTF-8 mode); it differs only on a non-UTF-8 locale such as Windows' cp1252, which no in-process "
+        "test can switch to.",
+    "rlhf_recipes.data.reading.x__read_local_file__mutmut_30":
+        "equivalent: codec names are case-insensitive, 'UTF-8' is 'utf-8'.",
+    "rlhf_recipes.data.reading.x_read_jsonl__mutmut_19":
+        "equivalent: codec names are case-insensitive, 'UTF-8' is 'utf-8'.",
+    "rlhf_recipes.data.reading.x__rows_to_dataset__mutmut_1":
+        "equivalent: the default unit is never used, every caller (_read_local_file) passes 'line' or 'item'.",
+    "rlhf_recipes.data.reading.x__rows_to_dataset__mutmut_2": "as _rows_to_dataset__mutmut_1 (unused default unit).",
+    "rlhf_recipes.data.reading.x_check_row_types__mutmut_7":
+        "equivalent: a column missing from the row is read as None by row.get, and column_type_problem returns None "
+        "for None, as the skipped check does.",
 }
 
 WORDING_RULE = ("tests pin what a message names (the file, row, field, the input refused, the fix), not every word: "
