@@ -312,9 +312,10 @@ def _mutmut_section(source: str, tests: list[str], deselect: list[str]) -> str:
             f"pytest_add_cli_args_test_selection = [{quoted}]\n"
             f"pytest_add_cli_args = [{pytest_args}]\n"
             'also_copy = ["recipes"]\n'
-            # mutmut's CPU-time limit per mutant is (test time + this) x 30: room for a fork that imports torch
-            # again, so that only a mutant that really hangs counts as "timeout" (a kill)
-            "timeout_constant = 30\n"
+            # mutmut's CPU-time limit per mutant is (test time + this) x 30 (wall: x 15). Mutants fork from a server
+            # that has imported the tests already, so a few seconds is room enough for a slow one; a mutant that
+            # loops for ever (e.g. a file read that never reaches EOF) then costs minutes, not a quarter of an hour
+            "timeout_constant = 5\n"
             # torch is not fork-safe after its thread pools start: fork every mutant from a clean server process
             'process_isolation = "forkserver"\n')
 
