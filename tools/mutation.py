@@ -40,7 +40,8 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "ppo/core": ("src/rlhf_recipes/ppo/core.py", ["tests/unit/test_ppo_core.py"]),
     "reward/losses": ("src/rlhf_recipes/reward/losses.py", ["tests/unit/test_reward_losses.py"]),
     "feedback/store": ("src/rlhf_recipes/feedback/store.py", ["tests/unit/test_label_store.py"]),
-    "checkpoints": ("src/rlhf_recipes/checkpoints.py", ["tests/unit/test_reliability.py"]),
+    "checkpoints": ("src/rlhf_recipes/checkpoints.py",
+                    ["tests/unit/test_reliability.py", "tests/unit/test_checkpoint_writer.py"]),
     "data/reading": ("src/rlhf_recipes/data/reading.py",
                      ["tests/unit/test_data.py", "tests/unit/test_data_reading.py"]),
 }
