@@ -77,6 +77,7 @@ def test_each_save_is_a_complete_checkpoint_with_a_manifest_that_verifies(tmp_pa
     assert all(manifest[n]["size"] == (last / n).stat().st_size for n in on_disk)
     assert "sha256" in manifest["model.safetensors"] and "sha256" not in manifest["optimizer.pt"]
     assert json.loads((last / "trainer_state.json").read_text())["global_step"] == 3
+    assert json.loads((last / MANIFEST_FILE).read_text())["version"] == 1  # so a later format can be told apart
     assert checkpoint_problems(last) == []
     assert verify_checkpoint(last) == str(last)
     assert latest_checkpoint(tmp_path) == str(last)
@@ -308,3 +309,68 @@ def test_checkpoint_pushes_wait_for_the_rename(tmp_path, monkeypatch):
     # Outside a save, a push goes straight through.
     trainer._push_from_checkpoint(str(tmp_path / "elsewhere"))
     assert pushed[1:] == [(str(tmp_path / "elsewhere"), None)]
+
+
+@pytest.mark.parametrize("how", ["positional", "keyword"])
+def test_a_run_resumes_from_the_latest_written_checkpoint(tmp_path, how):
+    make_trainer(tmp_path, max_steps=2).train()
+    latest = latest_checkpoint(tmp_path)
+    assert latest == str(tmp_path / "checkpoint-2")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_train_batch_size=2,
+                             max_steps=3, save_steps=1, logging_strategy="no", disable_tqdm=True)
+    trainer = Stage(Tiny(), args, None, DATA)  # positional, as a subclass's __init__ may pass them
+    result = trainer.train(latest) if how == "positional" else trainer.train(resume_from_checkpoint=latest)
+    assert result.global_step == 3
+    assert names(tmp_path) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a damaged or foreign checkpoint is reported as
+# ---------------------------------------------------------------------------------------------------------------
+def test_a_path_that_is_not_a_folder_is_refused_saying_so_and_what_to_do(tmp_path):
+    with pytest.raises(CheckpointError) as caught:
+        verify_checkpoint(tmp_path / "gone" / "checkpoint-5")
+    assert str(caught.value) == (f"Cannot resume from {tmp_path / 'gone' / 'checkpoint-5'}: it is not a folder. "
+                                 "Use another checkpoint, or start without --resume_from_checkpoint.")
+
+
+def test_several_problems_are_listed_and_the_damaged_one_skipped_with_a_warning(tmp_path, caplog):
+    make_trainer(tmp_path, max_steps=2).train()
+    damaged = tmp_path / "checkpoint-2"
+    (damaged / "optimizer.pt").unlink()
+    (damaged / "trainer_state.json").write_text("{}")  # 2 bytes now
+    want = ["optimizer.pt is missing",
+            f"trainer_state.json has 2 bytes, the manifest says "
+            f"{json.loads((damaged / MANIFEST_FILE).read_text())['files']['trainer_state.json']['size']}"]
+    assert sorted(checkpoint_problems(damaged)) == sorted(want)
+    with caplog.at_level("WARNING", logger="rlhf_recipes.checkpoints"):
+        assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-1")
+    assert (f"Skipping damaged checkpoint {damaged}: {'; '.join(checkpoint_problems(damaged))}. "
+            "Trying the one before it.") in caplog.messages
+    with pytest.raises(CheckpointError) as caught:
+        verify_checkpoint(damaged)
+    assert str(caught.value) == (
+        f"Cannot resume from {damaged}: {'; '.join(checkpoint_problems(damaged))}. The newest good checkpoint there "
+        f"is {tmp_path / 'checkpoint-1'}; use it, or `--resume_from_checkpoint latest`.")
+
+
+def test_without_a_manifest_each_unreadable_part_is_named(tmp_path, caplog):
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text("{not json")
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    problems = checkpoint_problems(folder)
+    assert len(problems) == 2
+    assert problems[0].startswith("no manifest.json and trainer_state.json does not parse (")
+    assert problems[1].startswith("no manifest.json and model.safetensors cannot be opened (")
+    # Without any weights (and no DeepSpeed global_step* folder) it is not a checkpoint either.
+    (folder / "model.safetensors").unlink()
+    (folder / "trainer_state.json").write_text("{}")
+    assert checkpoint_problems(folder) == ["no manifest.json and no weights (*.safetensors)"]
+    # A DeepSpeed checkpoint keeps its weights in global_step<N>/: accepted, with a warning naming it.
+    (folder / "global_step1").mkdir()
+    with caplog.at_level("WARNING", logger="rlhf_recipes.checkpoints"):
+        assert checkpoint_problems(folder) == []
+    assert caplog.messages == [f"Checkpoint {folder} has no manifest.json (saved before manifests); its files open, "
+                               "so it is used."]
