@@ -215,6 +215,27 @@ EXPLAINED: dict[str, str] = {
     "rlhf_recipes.data.reading.x_check_row_types__mutmut_7":
         "equivalent: a column missing from the row is read as None by row.get, and column_type_problem returns None "
         "for None, as the skipped check does.",
+    # checkpoints
+    "rlhf_recipes.checkpoints.x__sha256__mutmut_13":
+        "equivalent: the block size only changes how the file is read, not its sha256 (read(None) reads it whole).",
+    "rlhf_recipes.checkpoints.x__sha256__mutmut_15": "as _sha256__mutmut_13 (block size).",
+    "rlhf_recipes.checkpoints.x__sha256__mutmut_16": "as _sha256__mutmut_13 (block size).",
+    "rlhf_recipes.checkpoints.x_write_manifest__mutmut_31":
+        "equivalent: the indent is layout only; the manifest is read back with json.loads.",
+    "rlhf_recipes.checkpoints.x_write_manifest__mutmut_34": "as write_manifest__mutmut_31 (indent).",
+    "rlhf_recipes.checkpoints.x_write_manifest__mutmut_40": "as write_manifest__mutmut_31 (indent).",
+    "rlhf_recipes.checkpoints.x_verify_checkpoint__mutmut_7":
+        "equivalent: latest_checkpoint of a folder that does not exist is None (sorted_checkpoints returns []).",
+    "rlhf_recipes.checkpoints.x__replace_folder__mutmut_26":
+        "not pinned: removing the set-aside old folder only fails on a filesystem that refuses it, which the tests "
+        "(run as root, where permissions do not stop a delete) cannot make in-process.",
+    "rlhf_recipes.checkpoints.x__replace_folder__mutmut_28": "as _replace_folder__mutmut_26 (ignore_errors).",
+    "rlhf_recipes.checkpoints.x__replace_folder__mutmut_29": "as _replace_folder__mutmut_26 (ignore_errors).",
+    "rlhf_recipes.checkpoints.x__rotate__mutmut_5":
+        "not pinned: as _replace_folder__mutmut_26, a rotated-out checkpoint that cannot be deleted needs a "
+        "filesystem that refuses it.",
+    "rlhf_recipes.checkpoints.x__rotate__mutmut_7": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.x__rotate__mutmut_8": "as _rotate__mutmut_5 (ignore_errors).",
 }
 
 WORDING_RULE = ("tests pin what a message names (the file, row, field, the input refused, the fix), not every word: "
