@@ -236,6 +236,23 @@ EXPLAINED: dict[str, str] = {
         "filesystem that refuses it.",
     "rlhf_recipes.checkpoints.x__rotate__mutmut_7": "as _rotate__mutmut_5 (ignore_errors).",
     "rlhf_recipes.checkpoints.x__rotate__mutmut_8": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_4":
+        "not pinned here: the all-reduce branch runs only with 2+ initialized ranks, which takes a multi-process "
+        "run (seconds per mutant), not a unit test; one process takes the flag as it is.",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_5": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_6": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_7": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_8": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_9": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_10": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_11": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_12": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_13": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_14": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_15": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_16": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_17": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_18": "as _any_rank__mutmut_4 (2+ ranks only).",
 }
 
 WORDING_RULE = ("tests pin what a message names (the file, row, field, the input refused, the fix), not every word: "
