@@ -253,6 +253,22 @@ EXPLAINED: dict[str, str] = {
     "rlhf_recipes.checkpoints.x__any_rank__mutmut_16": "as _any_rank__mutmut_4 (2+ ranks only).",
     "rlhf_recipes.checkpoints.x__any_rank__mutmut_17": "as _any_rank__mutmut_4 (2+ ranks only).",
     "rlhf_recipes.checkpoints.x__any_rank__mutmut_18": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_get_output_dir__mutmut_2":
+        "equivalent outside hyperparameter search: trial is None in every stage (no Trainer.hyperparameter_search).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_2": "as _get_output_dir__mutmut_2 (trial is always None).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_16": "as _get_output_dir__mutmut_2 (trial is always None).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_15":
+        "equivalent: Trainer._save_checkpoint (transformers 5.25) never reads its model argument, it saves self.model.",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_40": "as _any_rank__mutmut_4: the device is only used by the all-reduce of 2+ ranks.",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_45": "as _rotate__mutmut_5 (ignore_errors on a delete that only a refusing filesystem fails).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_47": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_48": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_77": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_79": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_80": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_66": "as _any_rank__mutmut_4: the message for a failure on another rank needs 2+ ranks.",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_68": "as _save_checkpoint__mutmut_66 (another rank's failure).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_69": "as _save_checkpoint__mutmut_66 (another rank's failure).",
 }
 
 WORDING_RULE = ("tests pin what a message names (the file, row, field, the input refused, the fix), not every word: "
