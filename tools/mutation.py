@@ -40,7 +40,8 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "ppo/core": ("src/rlhf_recipes/ppo/core.py", ["tests/unit/test_ppo_core.py"]),
     "reward/losses": ("src/rlhf_recipes/reward/losses.py", ["tests/unit/test_reward_losses.py"]),
     "feedback/store": ("src/rlhf_recipes/feedback/store.py", ["tests/unit/test_label_store.py"]),
-    "checkpoints": ("src/rlhf_recipes/checkpoints.py", ["tests/unit/test_reliability.py"]),
+    "checkpoints": ("src/rlhf_recipes/checkpoints.py",
+                    ["tests/unit/test_reliability.py", "tests/unit/test_checkpoint_writer.py"]),
     "data/reading": ("src/rlhf_recipes/data/reading.py",
                      ["tests/unit/test_data.py", "tests/unit/test_data_reading.py"]),
 }
@@ -214,6 +215,60 @@ EXPLAINED: dict[str, str] = {
     "rlhf_recipes.data.reading.x_check_row_types__mutmut_7":
         "equivalent: a column missing from the row is read as None by row.get, and column_type_problem returns None "
         "for None, as the skipped check does.",
+    # checkpoints
+    "rlhf_recipes.checkpoints.x__sha256__mutmut_13":
+        "equivalent: the block size only changes how the file is read, not its sha256 (read(None) reads it whole).",
+    "rlhf_recipes.checkpoints.x__sha256__mutmut_15": "as _sha256__mutmut_13 (block size).",
+    "rlhf_recipes.checkpoints.x__sha256__mutmut_16": "as _sha256__mutmut_13 (block size).",
+    "rlhf_recipes.checkpoints.x_write_manifest__mutmut_31":
+        "equivalent: the indent is layout only; the manifest is read back with json.loads.",
+    "rlhf_recipes.checkpoints.x_write_manifest__mutmut_34": "as write_manifest__mutmut_31 (indent).",
+    "rlhf_recipes.checkpoints.x_write_manifest__mutmut_40": "as write_manifest__mutmut_31 (indent).",
+    "rlhf_recipes.checkpoints.x_verify_checkpoint__mutmut_7":
+        "equivalent: latest_checkpoint of a folder that does not exist is None (sorted_checkpoints returns []).",
+    "rlhf_recipes.checkpoints.x__replace_folder__mutmut_26":
+        "not pinned: removing the set-aside old folder only fails on a filesystem that refuses it, which the tests "
+        "(run as root, where permissions do not stop a delete) cannot make in-process.",
+    "rlhf_recipes.checkpoints.x__replace_folder__mutmut_28": "as _replace_folder__mutmut_26 (ignore_errors).",
+    "rlhf_recipes.checkpoints.x__replace_folder__mutmut_29": "as _replace_folder__mutmut_26 (ignore_errors).",
+    "rlhf_recipes.checkpoints.x__rotate__mutmut_5":
+        "not pinned: as _replace_folder__mutmut_26, a rotated-out checkpoint that cannot be deleted needs a "
+        "filesystem that refuses it.",
+    "rlhf_recipes.checkpoints.x__rotate__mutmut_7": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.x__rotate__mutmut_8": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_4":
+        "not pinned here: the all-reduce branch runs only with 2+ initialized ranks, which takes a multi-process "
+        "run (seconds per mutant), not a unit test; one process takes the flag as it is.",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_5": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_6": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_7": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_8": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_9": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_10": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_11": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_12": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_13": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_14": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_15": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_16": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_17": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.x__any_rank__mutmut_18": "as _any_rank__mutmut_4 (2+ ranks only).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_get_output_dir__mutmut_2":
+        "equivalent outside hyperparameter search: trial is None in every stage (no Trainer.hyperparameter_search).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_2": "as _get_output_dir__mutmut_2 (trial is always None).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_16": "as _get_output_dir__mutmut_2 (trial is always None).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_15":
+        "equivalent: Trainer._save_checkpoint (transformers 5.25) never reads its model argument, it saves self.model.",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_40": "as _any_rank__mutmut_4: the device is only used by the all-reduce of 2+ ranks.",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_45": "as _rotate__mutmut_5 (ignore_errors on a delete that only a refusing filesystem fails).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_47": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_48": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_77": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_79": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_80": "as _rotate__mutmut_5 (ignore_errors).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_66": "as _any_rank__mutmut_4: the message for a failure on another rank needs 2+ ranks.",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_68": "as _save_checkpoint__mutmut_66 (another rank's failure).",
+    "rlhf_recipes.checkpoints.xǁAtomicCheckpointMixinǁ_save_checkpoint__mutmut_69": "as _save_checkpoint__mutmut_66 (another rank's failure).",
 }
 
 WORDING_RULE = ("tests pin what a message names (the file, row, field, the input refused, the fix), not every word: "
