@@ -311,17 +311,43 @@ def test_checkpoint_pushes_wait_for_the_rename(tmp_path, monkeypatch):
     assert pushed[1:] == [(str(tmp_path / "elsewhere"), None)]
 
 
+class TakesLossKwargs(Tiny):
+    """Accepts loss kwargs as transformers' causal LMs do, so the Trainer hands it `num_items_in_batch`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items_seen: list = []
+
+    def forward(self, x, labels, **kwargs):
+        self.items_seen.append(kwargs.get("num_items_in_batch"))
+        return super().forward(x, labels)
+
+
+def test_training_step_hands_the_batch_item_count_on_to_the_loss(tmp_path):
+    """With gradient accumulation a causal LM's loss is summed over the accumulated tokens and divided by
+    `num_items_in_batch`; a training_step that dropped it would normalise each micro-batch on its own."""
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_train_batch_size=2,
+                             gradient_accumulation_steps=2, max_steps=1, save_strategy="no", logging_strategy="no",
+                             disable_tqdm=True)
+    model = TakesLossKwargs()
+    Stage(model=model, args=args, train_dataset=DATA).train()
+    assert [int(n) for n in model.items_seen] == [4, 4]  # 2 micro-batches of 2 labels, counted together
+
+
 @pytest.mark.parametrize("how", ["positional", "keyword"])
 def test_a_run_resumes_from_the_latest_written_checkpoint(tmp_path, how):
     make_trainer(tmp_path, max_steps=2).train()
     latest = latest_checkpoint(tmp_path)
     assert latest == str(tmp_path / "checkpoint-2")
+    for step in (1, 2):  # a run that restarted from step 0 would save these steps again, replacing the folders
+        (tmp_path / f"checkpoint-{step}" / "first-run").write_text("kept")
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_train_batch_size=2,
                              max_steps=3, save_steps=1, logging_strategy="no", disable_tqdm=True)
     trainer = Stage(Tiny(), args, None, DATA)  # positional, as a subclass's __init__ may pass them
     result = trainer.train(latest) if how == "positional" else trainer.train(resume_from_checkpoint=latest)
     assert result.global_step == 3
     assert names(tmp_path) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert all((tmp_path / f"checkpoint-{step}" / "first-run").is_file() for step in (1, 2))
     assert json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
 
 
