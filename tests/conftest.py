@@ -6,6 +6,8 @@ Set RLHF_TEST_DEMO_DIR to a folder to reuse the built demo across sessions while
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-sample.jsonl"
 # A quarter of the real demo's pretraining: fluent enough for every stage to learn something, fast on 2 cores.
 TEST_PRETRAIN_STEPS, TEST_PRETRAIN_BATCH = 150, 16
+
+
+def accelerate_command() -> list[str]:
+    """`accelerate launch` of this environment (the distributed tests' launcher); skips the test without it."""
+    executable = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if executable is None:
+        pytest.skip("accelerate's launcher is not installed")
+    return [executable, "launch"]
 
 
 @pytest.fixture(scope="module")

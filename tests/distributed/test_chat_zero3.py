@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from chat_models import check_ppo, check_reward, check_sft, save_chat_model, write_chat_data
-from conftest import REPO
+from conftest import REPO, accelerate_command
 
 from rlhf_recipes.models import load_tokenizer
 
@@ -24,10 +22,7 @@ FAMILY = "qwen2"
 def launch(root: Path, data: Path) -> None:
     """SFT, reward and PPO one after another in one 2-process launch (`tests/chat_stage_runner.py`)."""
     pytest.importorskip("deepspeed")
-    executable = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if executable is None:
-        pytest.skip("accelerate's launcher is not installed")
-    command = [executable, "launch", "--config_file", str(REPO / "accelerate_configs/deepspeed_zero3.yaml"),
+    command = [*accelerate_command(), "--config_file", str(REPO / "accelerate_configs/deepspeed_zero3.yaml"),
                "--num_processes", "2", "--mixed_precision", "no", str(REPO / "tests/chat_stage_runner.py"),
                str(root), str(data), "--ddp_backend", "gloo"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",

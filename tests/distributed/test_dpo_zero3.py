@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import REPO, accelerate_command
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -31,13 +28,6 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 LAUNCH_TIMEOUT_S = 600
 N_EVAL = 4  # rankings: 4 x 3 best-vs-rest pairs
 BETA = 0.1
-
-
-def accelerate_command() -> list[str]:
-    executable = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if executable is None:
-        pytest.skip("accelerate's launcher is not installed")
-    return [executable, "launch"]
 
 
 def sequence_logp(model, prompt_ids: list[int], response_ids: list[int]) -> float:

@@ -15,14 +15,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, accelerate_command
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -33,13 +31,6 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 UPDATES = 3
 METRICS = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/approxkl_avg", "loss/policy_avg",
            "loss/value_avg", "loss/ptx", "objective/kl_coef", "lr", "episode")
-
-
-def accelerate_command() -> list[str]:
-    executable = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if executable is None:
-        pytest.skip("accelerate's launcher is not installed")
-    return [executable, "launch"]
 
 
 @pytest.fixture(scope="module")

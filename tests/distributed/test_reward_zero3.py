@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, accelerate_command
 from trl import ModelConfig
 
 from rlhf_recipes.config import ScriptArguments
@@ -29,13 +26,6 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 MAX_LENGTH = 128
 N_EVAL = 16
 N_REFERENCE = 24
-
-
-def accelerate_command() -> list[str]:
-    executable = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if executable is None:
-        pytest.skip("accelerate's launcher is not installed")
-    return [executable, "launch"]
 
 
 @pytest.mark.timeout(900)

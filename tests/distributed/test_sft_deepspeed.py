@@ -10,28 +10,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, accelerate_command
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 LAUNCH_TIMEOUT_S = 600
-
-
-def accelerate_command() -> list[str]:
-    executable = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if executable is None:
-        pytest.skip("accelerate's launcher is not installed")
-    return [executable, "launch"]
 
 
 def test_zero3_config_gathers_the_weights_on_save():
